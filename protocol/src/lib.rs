@@ -1,0 +1,1 @@
+//! Sans-IO wire formats shared by `kernel-launcher` and the gateway side.
