@@ -1,0 +1,172 @@
+//! The comm port: the gateway's side channel for interrupt, liveness probes
+//! and shutdown.
+//!
+//! EG's client connects with a 5 ms timeout, writes one JSON object, closes,
+//! and never waits for a reply. A slow accept loop therefore silently drops
+//! interrupts, and EG's own listener (backlog 1, one request at a time) dies
+//! on an empty connection, which makes EG think the kernel died when a port
+//! scanner or health check touches it (eg-contract §4.4). Here the accept loop
+//! only accepts; each connection is read on its own short-lived thread, with a
+//! size cap, a read timeout and a cap on concurrent readers, and every bad
+//! request is logged and dropped.
+//!
+//! Liveness is the port itself: once the kernel is gone, or after
+//! `{"shutdown":1}`, the listener is shut down so the next connect is refused,
+//! which is how EG concludes the kernel is dead.
+
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use protocol::comm::{self, CommRequest, MAX_REQUEST_LEN};
+
+use crate::supervise::Event;
+
+/// Connections read at the same time; more are closed unread.
+const MAX_READERS: usize = 32;
+/// A peer that has not finished its request by then is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State shared between the accept loop, its readers and the supervisor.
+#[derive(Debug)]
+struct Shared {
+    listener: TcpListener,
+    closed: AtomicBool,
+    kernel_alive: AtomicBool,
+    readers: AtomicUsize,
+}
+
+impl Shared {
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            // Shutting a listening socket down wakes the blocked accept() and
+            // makes new connects fail with ECONNREFUSED.
+            if let Err(e) = nix::sys::socket::shutdown(
+                self.listener.as_raw_fd(),
+                nix::sys::socket::Shutdown::Both,
+            ) {
+                log::debug!("comm port shutdown: {e}");
+            }
+            log::info!("comm port closed");
+        }
+    }
+}
+
+/// The supervisor's handle on the comm port.
+#[derive(Debug, Clone)]
+pub struct CommPort {
+    shared: Arc<Shared>,
+}
+
+impl CommPort {
+    /// Starts accepting on `listener`; requests go to `events`.
+    pub fn serve(listener: TcpListener, events: Sender<Event>) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            listener,
+            closed: AtomicBool::new(false),
+            kernel_alive: AtomicBool::new(true),
+            readers: AtomicUsize::new(0),
+        });
+        let port = CommPort { shared };
+        let acceptor = port.clone();
+        std::thread::Builder::new()
+            .name("comm-accept".into())
+            .spawn(move || acceptor.accept_loop(events))?;
+        Ok(port)
+    }
+
+    /// Stops listening; later connects are refused.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Tells probes that the kernel has exited.
+    pub fn kernel_exited(&self) {
+        self.shared.kernel_alive.store(false, Ordering::SeqCst);
+    }
+
+    fn accept_loop(&self, events: Sender<Event>) {
+        loop {
+            let accepted = self.shared.listener.accept();
+            if self.shared.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            match accepted {
+                Ok((stream, peer)) => {
+                    if self.shared.readers.fetch_add(1, Ordering::SeqCst) >= MAX_READERS {
+                        self.shared.readers.fetch_sub(1, Ordering::SeqCst);
+                        log::warn!(
+                            "comm port: too many open requests; dropping connection from {peer}"
+                        );
+                        continue;
+                    }
+                    let me = self.clone();
+                    let tx = events.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("comm-read".into())
+                            .spawn(move || {
+                                me.handle(stream, &peer.to_string(), &tx);
+                                me.shared.readers.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if let Err(e) = spawned {
+                        self.shared.readers.fetch_sub(1, Ordering::SeqCst);
+                        log::warn!("comm port: cannot start a reader: {e}");
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("comm port accept: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn handle(&self, stream: TcpStream, peer: &str, events: &Sender<Event>) {
+        let request = match read_request(stream) {
+            Ok(bytes) => comm::parse(&bytes),
+            Err(e) => {
+                log::warn!("comm port: dropped request from {peer}: {e}");
+                return;
+            }
+        };
+        let request: CommRequest = match request {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("comm port: ignored request from {peer}: {e}");
+                return;
+            }
+        };
+        log::debug!("comm port: {request:?} from {peer}");
+        if request.signum == Some(0) && !self.shared.kernel_alive.load(Ordering::SeqCst) {
+            self.close();
+        }
+        if request.shutdown {
+            self.close();
+        }
+        if request.shutdown || request.signum.is_some_and(|n| n != 0) {
+            let _ = events.send(Event::Comm(request));
+        }
+    }
+}
+
+/// Reads one request to EOF, refusing more than `MAX_REQUEST_LEN` bytes.
+fn read_request(stream: TcpStream) -> io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let mut buf = Vec::new();
+    stream
+        .take(MAX_REQUEST_LEN as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > MAX_REQUEST_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("request longer than {MAX_REQUEST_LEN} bytes"),
+        ));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,172 @@
+//! The comm port against bad input, signals, liveness probes and shutdown.
+
+use std::path::Path;
+use std::process::Child;
+
+use crate::support::*;
+
+/// A shell "kernel" that records the signals it gets in `dir/signals`.
+/// `on_term` is what it does on SIGTERM.
+pub fn recording_kernel(dir: &Path, on_term: &str) -> String {
+    format!(
+        "d={d}; echo $$ > $d/kernel.pid; trap 'echo INT >> $d/signals' INT; \
+         trap 'echo USR2 >> $d/signals' USR2; trap '{on_term}' TERM; \
+         while :; do sleep 0.05; done",
+        d = dir.display()
+    )
+}
+
+pub fn signals(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("signals")).unwrap_or_default()
+}
+
+pub fn kernel_pid(dir: &Path) -> i64 {
+    let mut pid = None;
+    eventually("the kernel wrote its pid", || {
+        pid = std::fs::read_to_string(dir.join("kernel.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
+/// Starts the launcher with a recording kernel; returns (launcher, comm port, kernel pid).
+fn start(name: &str, on_term: &str) -> (Child, Gateway, u16, i64, std::path::PathBuf) {
+    let dir = scratch(name);
+    let gw = Gateway::new();
+    let mut cmd = launcher();
+    cmd.args(gw.options(name)).args([
+        "--grace-period",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        &recording_kernel(&dir, on_term),
+    ]);
+    let child = spawn_logged(&mut cmd, &dir);
+    let report = gw.receive();
+    let pid = kernel_pid(&dir);
+    (child, gw, report.comm_port.unwrap(), pid, dir)
+}
+
+#[test]
+fn bad_input_leaves_kernel_and_listener_working() {
+    let (mut child, _gw, port, pid, dir) = start("comm-bad", "echo TERM >> $d/signals; exit 0");
+    let huge = vec![b'x'; 1 << 20];
+    let bad: Vec<&[u8]> = vec![
+        b"",
+        b"garbage",
+        b"{",
+        b"[1,2]",
+        b"{}",
+        b"{\"signum\": \"2\"}",
+        b"{\"signum\": 99999}",
+        b"\xff\xfe\x00",
+        &huge,
+    ];
+    for bytes in &bad {
+        // A connection reset while sending 1 MB is fine; the launcher must live on.
+        let _ = comm_send(port, bytes);
+    }
+    // A connection that sends nothing and stays open must not block others.
+    let _idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    comm_send(port, br#"{"signum": 0}"#).expect("listener still accepts");
+    comm_send(port, br#"{"signum": 2}"#).unwrap();
+    eventually("SIGINT reached the kernel", || {
+        signals(&dir).contains("INT")
+    });
+    assert!(alive(pid), "kernel died from bad input");
+    let log = log_of(&dir);
+    assert!(
+        log.contains("ignored request") || log.contains("dropped request"),
+        "{log}"
+    );
+    comm_send(port, br#"{"signum": 15}"#).unwrap();
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
+}
+
+#[test]
+fn many_connections_are_accepted() {
+    let (mut child, _gw, port, _pid, dir) = start("comm-many", "exit 0");
+    let handles: Vec<_> = (0..64)
+        .map(|_| std::thread::spawn(move || comm_send(port, br#"{"signum": 0}"#)))
+        .collect();
+    for h in handles {
+        h.join().unwrap().expect("every probe connects");
+    }
+    comm_send(port, br#"{"signum": 15}"#).unwrap();
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
+}
+
+#[test]
+fn shutdown_stops_listening_and_ends_the_kernel_after_grace() {
+    let (mut child, _gw, port, pid, dir) =
+        start("comm-shutdown", "echo TERM >> $d/signals; exit 0");
+    comm_send(port, br#"{"shutdown": 1}"#).unwrap();
+    eventually("the comm port refuses connections", || {
+        comm_send(port, b"{\"signum\":0}").is_err()
+    });
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
+    assert!(signals(&dir).contains("TERM"));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn shutdown_kills_a_kernel_that_ignores_sigterm() {
+    let (mut child, _gw, port, pid, dir) = start("comm-stubborn", "echo TERM >> $d/signals");
+    comm_send(port, br#"{"shutdown": 1}"#).unwrap();
+    assert_eq!(wait_code(&mut child), 128 + 9, "{}", log_of(&dir));
+    assert!(signals(&dir).contains("TERM"));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn combined_signal_and_shutdown() {
+    let (mut child, _gw, port, _pid, dir) = start("comm-combined", "exit 5");
+    comm_send(port, br#"{"signum": 2, "shutdown": 1}"#).unwrap();
+    eventually("SIGINT reached the kernel", || {
+        signals(&dir).contains("INT")
+    });
+    assert_eq!(wait_code(&mut child), 5, "{}", log_of(&dir));
+}
+
+#[test]
+fn probe_after_kernel_death_is_refused() {
+    let dir = scratch("comm-dead");
+    let gw = Gateway::new();
+    // The kernel exits but leaves a helper in its group that ignores SIGTERM,
+    // so the launcher lingers for the grace period with the kernel gone.
+    let script = "trap '' TERM; (trap '' TERM; exec sleep 600) & sleep 0.3; exit 3";
+    let mut cmd = launcher();
+    cmd.args(gw.options("k-dead"))
+        .args(["--grace-period", "30", "--", "sh", "-c", script]);
+    let mut child = spawn_logged(&mut cmd, &dir);
+    let port = gw.receive().comm_port.unwrap();
+    eventually("the kernel exits and the comm port refuses", || {
+        comm_send(port, b"{\"signum\":0}").is_err()
+    });
+    // Kill the lingering helper; the launcher then exits with the kernel's code.
+    let log_path = dir.join("launcher.log");
+    eventually("launcher logged the kernel exit", || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("exited with code 3")
+    });
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(kernel_group(&log_of(&dir))),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(wait_code(&mut child), 3, "{}", log_of(&dir));
+}
+
+/// The kernel's process group, from the launcher's log line.
+fn kernel_group(log: &str) -> i32 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("(process group "))
+        .expect("log names the group");
+    let after = line.split("(process group ").nth(1).unwrap();
+    after.split(')').next().unwrap().parse().unwrap()
+}

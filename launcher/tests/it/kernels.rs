@@ -1,0 +1,82 @@
+//! Real kernels in two languages through the launcher: ipykernel and
+//! IRkernel. Execute, interrupt through the comm port, check the kernel
+//! survived, shut down over ZMQ; the launcher then exits 0 and removes the
+//! connection file.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn drive(language: &str, kernel_args: &[&str]) {
+    let python = kernel_python();
+    let dir = scratch(&format!("kernel-{language}"));
+    let gw = Gateway::new();
+    let conn = dir.join("conn.json");
+    let mut cmd = launcher();
+    cmd.args(gw.options(&format!("k-{language}")))
+        .arg(&conn)
+        .args(kernel_args);
+    let mut child = spawn_logged(&mut cmd, &dir);
+    let report = gw.receive();
+    // The client connects to the address the gateway would substitute.
+    let mut info = report.connection.clone();
+    info.ip = "127.0.0.1".into();
+    let client_conn = dir.join("client.json");
+    std::fs::write(&client_conn, info.to_json_pretty()).unwrap();
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/kernel_client.py"
+        ))
+        .arg(&client_conn)
+        .arg(report.comm_port.unwrap().to_string())
+        .arg(language)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}\nlauncher log:\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr),
+        log_of(&dir)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(seen["add"].as_str().unwrap().contains('2'), "{seen}");
+    assert!(
+        seen["after_interrupt"].as_str().unwrap().contains("42"),
+        "{seen}"
+    );
+    if language == "python" {
+        assert_eq!(seen["interrupt_errors"][0], "KeyboardInterrupt", "{seen}");
+    }
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
+    assert!(!conn.exists(), "connection file left behind");
+}
+
+#[test]
+fn ipykernel_execute_interrupt_shutdown() {
+    let python = kernel_python();
+    drive("python", &["--interpreter", &python]);
+}
+
+#[test]
+fn ipykernel_explicit_argv() {
+    let python = kernel_python();
+    drive(
+        "python",
+        &[
+            "--",
+            &python,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ],
+    );
+}
+
+#[test]
+fn irkernel_execute_interrupt_shutdown() {
+    drive("r", &["--language", "r"]);
+}
