@@ -1,1 +1,33 @@
 //! Sans-IO wire formats shared by `kernel-launcher` and the gateway side.
+//!
+//! This crate exists so that every byte that crosses a process boundary between a Jupyter
+//! gateway (Enterprise Gateway, gateway_provisioners, gateway-lite), the kernel launcher and a
+//! kernel is parsed and produced in exactly one place, by pure functions that can be unit
+//! tested, property tested and fuzzed without sockets, threads, files or clocks. Binaries own
+//! the I/O; this crate owns the formats:
+//!
+//! - [`connection`]: the Jupyter connection file.
+//! - [`payload`]: Enterprise Gateway's encrypted "version 1" launch report.
+//! - [`comm`]: requests on the launcher's communication port.
+//! - [`ports`]: Enterprise Gateway's port-range rules.
+//! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature.
+//! - [`spec`]: prose description of these formats, with the upstream documents they follow.
+//! - [`testing`]: a deterministic RNG for tests and fuzzing (never for production).
+//!
+//! Every parser of peer bytes is total: malformed input yields an error value, never a panic.
+//! Where randomness is needed the caller passes an RNG ([`rand_core::TryCryptoRng`]); a
+//! convenience wrapper using the operating system RNG is offered next to each such function.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod comm;
+pub mod connection;
+pub mod payload;
+pub mod ports;
+pub mod spec;
+pub mod testing;
+pub mod wire;
+
+/// The RNG traits taken by the `*_with_rng` functions (the `rand_core` version used by `rsa`).
+pub use rsa::rand_core;
