@@ -1,0 +1,482 @@
+"""Fixtures for the real-peer end-to-end tests.
+
+The pytest process runs in venv-eg (see scripts/setup-env.sh). Everything else runs as a
+subprocess from its own venv:
+  * Jupyter Enterprise Gateway 3.3.0            -> venv-eg
+  * Jupyter Server 2 + gateway_provisioners 0.5 -> venv-gp
+  * ipykernel / EG's launch_ipykernel.py        -> venv-kernel
+  * IRkernel                                    -> Debian's R
+
+Paths come from $KL_CACHE/env.sh (written by scripts/setup-env.sh); environment variables of
+the same name win. The launcher under test comes from $KERNEL_LAUNCHER; tests that need it
+FAIL (never skip) when it is unset or missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import klhelpers  # noqa: E402  (tests/eg/klhelpers.py)
+from klhelpers import (  # noqa: E402
+    JupyterRest,
+    free_port,
+    kill_tree,
+    wait_http_ok,
+)
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _load_env() -> dict[str, str]:
+    cache = os.environ.get("KL_CACHE") or str(Path.home() / ".cache" / "kernel-launcher")
+    values: dict[str, str] = {"KL_CACHE": cache}
+    env_file = Path(cache) / "env.sh"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            line = line.strip()
+            if not line.startswith("export "):
+                continue
+            key, _, raw = line[len("export ") :].partition("=")
+            parts = shlex.split(raw)
+            values[key] = parts[0] if parts else ""
+    for key in list(values) + [
+        "KL_PY_KERNEL",
+        "KL_PY_EG",
+        "KL_PY_GP",
+        "KL_EG_SDIST",
+        "KL_JUPYTER_PATH",
+        "KL_R",
+    ]:
+        if os.environ.get(key):
+            values[key] = os.environ[key]
+    return values
+
+
+KL_ENV = _load_env()
+
+
+def _need(key: str) -> str:
+    value = KL_ENV.get(key)
+    if not value:
+        pytest.fail(
+            f"{key} is not known: run scripts/setup-env.sh first (it writes $KL_CACHE/env.sh)",
+            pytrace=False,
+        )
+    return value
+
+
+@dataclass
+class Paths:
+    py_kernel: str
+    py_eg: str
+    py_gp: str
+    eg_sdist: Path
+    ir_jupyter_path: Path
+    r: str
+
+    @property
+    def eg_launch_ipykernel(self) -> Path:
+        return self.eg_sdist / "etc/kernel-launchers/python/scripts/launch_ipykernel.py"
+
+    @property
+    def gp_launch_ipykernel(self) -> Path:
+        site = subprocess.run(
+            [self.py_gp, "-c", "import gateway_provisioners, os; print(os.path.dirname(gateway_provisioners.__file__))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return Path(site) / "kernel-launchers/python/scripts/launch_ipykernel.py"
+
+
+@pytest.fixture(scope="session")
+def paths() -> Paths:
+    p = Paths(
+        py_kernel=_need("KL_PY_KERNEL"),
+        py_eg=_need("KL_PY_EG"),
+        py_gp=_need("KL_PY_GP"),
+        eg_sdist=Path(_need("KL_EG_SDIST")),
+        ir_jupyter_path=Path(_need("KL_JUPYTER_PATH")),
+        r=KL_ENV.get("KL_R") or "/usr/bin/R",
+    )
+    for exe in (p.py_kernel, p.py_eg, p.py_gp, p.r):
+        if not os.access(exe, os.X_OK):
+            pytest.fail(f"{exe} is not executable: run scripts/setup-env.sh", pytrace=False)
+    if not p.eg_launch_ipykernel.is_file():
+        pytest.fail(f"{p.eg_launch_ipykernel} missing: run scripts/setup-env.sh", pytrace=False)
+    return p
+
+
+def launcher_path_or_placeholder() -> str:
+    value = os.environ.get("KERNEL_LAUNCHER", "")
+    return str(Path(value).resolve()) if value else "/KERNEL_LAUNCHER-is-unset/kernel-launcher"
+
+
+@pytest.fixture(scope="session")
+def launcher() -> str:
+    """The kernel-launcher binary under test. Missing => FAIL, never skip."""
+    value = os.environ.get("KERNEL_LAUNCHER")
+    if not value:
+        pytest.fail(
+            "KERNEL_LAUNCHER is not set. Build it (cargo build -p launcher) and run with "
+            "KERNEL_LAUNCHER=$PWD/target/debug/kernel-launcher",
+            pytrace=False,
+        )
+    path = Path(value).resolve()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(f"KERNEL_LAUNCHER={value} does not exist or is not executable", pytrace=False)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- kernelspecs
+
+
+@dataclass
+class Spec:
+    name: str
+    language: str  # "python" or "r"
+    ours: bool  # launched through KERNEL_LAUNCHER
+    argv: list[str]
+    metadata: dict
+    env: dict = field(default_factory=dict)
+
+
+EG_PROXY = {
+    "process_proxy": {
+        "class_name": "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"
+    }
+}
+GP_PROVISIONER = {
+    "kernel_provisioner": {"provisioner_name": "distributed-provisioner", "config": {}}
+}
+
+EG_LEGACY_OPTS = [
+    "--RemoteProcessProxy.kernel-id",
+    "{kernel_id}",
+    "--RemoteProcessProxy.response-address",
+    "{response_address}",
+    "--RemoteProcessProxy.public-key",
+    "{public_key}",
+    "--RemoteProcessProxy.port-range",
+    "{port_range}",
+]
+PLAIN_OPTS = [
+    "--kernel-id",
+    "{kernel_id}",
+    "--response-address",
+    "{response_address}",
+    "--public-key",
+    "{public_key}",
+    "--port-range",
+    "{port_range}",
+]
+# What gateway_provisioners 0.5.0's own kernelspecs pass (kernel-specs/ssh_python/kernel.json).
+GP_OPTS = [
+    "--kernel-id",
+    "{kernel_id}",
+    "--port-range",
+    "{port_range}",
+    "--response-address",
+    "{response_address}",
+    "--public-key",
+    "{public_key}",
+    "--transport-encryption",
+    "{transport_encryption}",
+    "--kernel-class-name",
+    "ipykernel.ipkernel.IPythonKernel",
+]
+
+
+def build_specs(p: Paths) -> dict[str, Spec]:
+    kl = launcher_path_or_placeholder()
+    ipy = [p.py_kernel, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    ir = [p.r, "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]
+    specs = [
+        # EG 3.3.0 + DistributedProcessProxy
+        Spec("kl_py_legacy", "python", True, [kl, *EG_LEGACY_OPTS, "--", *ipy], EG_PROXY),
+        Spec("kl_py_plain", "python", True, [kl, *PLAIN_OPTS, "--", *ipy], EG_PROXY),
+        Spec(
+            "eg_py_own",
+            "python",
+            False,
+            [p.py_kernel, str(p.eg_launch_ipykernel), *EG_LEGACY_OPTS],
+            EG_PROXY,
+        ),
+        Spec("kl_ir", "r", True, [kl, *EG_LEGACY_OPTS, "--", *ir], EG_PROXY),
+        # gateway_provisioners 0.5.0 + Jupyter Server 2
+        Spec("gp_kl_py", "python", True, [kl, *GP_OPTS, "--", *ipy], GP_PROVISIONER),
+        Spec(
+            "gp_py_own",
+            "python",
+            False,
+            [p.py_kernel, str(p.gp_launch_ipykernel), *GP_OPTS],
+            GP_PROVISIONER,
+        ),
+        Spec("gp_kl_ir", "r", True, [kl, *GP_OPTS[:10], "--", *ir], GP_PROVISIONER),
+    ]
+    return {s.name: s for s in specs}
+
+
+def write_kernelspecs(root: Path, specs: dict[str, Spec]) -> Path:
+    kernels = root / "share" / "jupyter" / "kernels"
+    for spec in specs.values():
+        d = kernels / spec.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": spec.argv,
+                    "display_name": f"{spec.name} (kernel-launcher e2e)",
+                    "language": spec.language,
+                    "metadata": spec.metadata,
+                    "env": spec.env,
+                },
+                indent=2,
+            )
+        )
+    return root / "share" / "jupyter"
+
+
+@pytest.fixture(scope="session")
+def specs(paths) -> dict[str, Spec]:
+    return build_specs(paths)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("kl-e2e")
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    kind: str  # "eg" or "gp"
+    proc: subprocess.Popen
+    base_url: str
+    token: str | None
+    log_path: Path
+    kernel_log_dir: Path
+    specs: dict[str, Spec]
+
+    def rest(self) -> JupyterRest:
+        return JupyterRest(self.base_url, self.token)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 80, grep: str | None = None) -> str:
+        lines = self.log_text().splitlines()
+        if grep:
+            lines = [ln for ln in lines if grep in ln]
+        return "\n".join(lines[-n:])
+
+    def kernel_log(self, kernel_id: str) -> str:
+        path = self.kernel_log_dir / f"kernel-{kernel_id}.log"
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return f"(no kernel log at {path})"
+
+    def reported_pids(self, kernel_id: str) -> list[dict]:
+        """pid/pgid the launcher reported, as logged by the gateway at DEBUG level."""
+        found = []
+        for line in self.log_text().splitlines():
+            if kernel_id in line and "'pid'" in line and ("Connection info received" in line or "Decrypted payload" in line):
+                m_pid = re.search(r"'pid': '?(\d+)", line)
+                m_pgid = re.search(r"'pgid': '?(\d+)", line)
+                found.append(
+                    {
+                        "pid": int(m_pid.group(1)) if m_pid else None,
+                        "pgid": int(m_pgid.group(1)) if m_pgid else None,
+                        "line": line,
+                    }
+                )
+        return found
+
+
+def _start_server(kind: str, cmd: list[str], env: dict, base_url: str, token, log_path, klog, specs) -> Server:
+    log_fh = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log_fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(log_path.parent),
+    )
+    server = Server(kind, proc, base_url, token, log_path, klog, specs)
+    try:
+        wait_http_ok(f"{base_url}/api", proc, timeout=90, token=token)
+    except Exception as exc:
+        kill_tree(proc)
+        pytest.fail(f"{kind} server did not become ready: {exc}\n--- log ---\n{server.log_tail(60)}", pytrace=False)
+    return server
+
+
+def _stop_server(server: Server) -> None:
+    kill_tree(server.proc)
+    # Whatever a test left behind (a failed test may leave kernels): make sure nothing of this
+    # server's kernels survives the session. Leftovers are asserted per test, not here.
+    for pid in klhelpers.pids_with_env("KL_E2E_SERVER", server.base_url):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _base_env(sd: Path, jupyter_path: list[Path], marker: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER", "EG_", "GP_", "KERNEL_", "PYTEST", "VIRTUAL_ENV"))
+    }
+    env.update(
+        {
+            "JUPYTER_PATH": os.pathsep.join(str(p) for p in jupyter_path),
+            "JUPYTER_CONFIG_DIR": str(sd / "config"),
+            "JUPYTER_DATA_DIR": str(sd / "data"),
+            "JUPYTER_RUNTIME_DIR": str(sd / "runtime"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "IPYTHONDIR": str(sd / "ipython"),
+            "KL_E2E_SERVER": marker,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def eg_server(paths, specs, session_dir) -> Server:
+    """Jupyter Enterprise Gateway 3.3.0 on 127.0.0.1, DistributedProcessProxy launching on localhost.
+
+    EG's DistributedProcessProxy resolves the chosen host with gethostbyname() and, when
+    jupyter_client's localinterfaces says that IP is local (127.0.0.1 is), it Popen()s the argv
+    directly (stdout/stderr -> $EG_KERNEL_LOG_DIR/kernel-<id>.log) instead of using SSH. The host
+    list is EG_REMOTE_HOSTS (default "localhost") or the kernelspec's process_proxy.config.remote_hosts.
+    """
+    sd = session_dir / "eg"
+    sd.mkdir()
+    klog = sd / "kernel-logs"
+    klog.mkdir()
+    jp = write_kernelspecs(sd / "specs", specs)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = _base_env(sd, [jp, paths.ir_jupyter_path], base_url)
+    env.update(
+        {
+            "EG_RESPONSE_IP": "127.0.0.1",
+            "EG_RESPONSE_PORT": str(free_port()),
+            "EG_REMOTE_HOSTS": "localhost",
+            "EG_KERNEL_LOG_DIR": str(klog),
+            "EG_LIST_KERNELS": "True",
+            # Inherited into the launcher's environment, so leftovers can be found and reaped.
+            "EG_INHERITED_ENVS": "KL_E2E_SERVER",
+        }
+    )
+    eg_bin = str(Path(paths.py_eg).parent / "jupyter-enterprisegateway")
+    cmd = [
+        eg_bin,
+        "--EnterpriseGatewayApp.ip=127.0.0.1",
+        f"--EnterpriseGatewayApp.port={port}",
+        "--EnterpriseGatewayApp.port_retries=0",
+        "--EnterpriseGatewayApp.remote_hosts=localhost",
+        "--log-level=DEBUG",
+    ]
+    server = _start_server("eg", cmd, env, base_url, None, sd / "eg.log", klog, specs)
+    yield server
+    _stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def gp_server(paths, specs, session_dir) -> Server:
+    """Jupyter Server 2 with gateway_provisioners 0.5.0's DistributedProvisioner on localhost.
+
+    GP's DistributedProvisioner picks a host from GP_REMOTE_HOSTS (default "localhost"),
+    gethostbyname()s it and, if RemoteProvisionerBase.ip_is_local() (jupyter_client
+    localinterfaces), launches the argv locally with jupyter_client's launch_kernel() and
+    stdout/stderr -> $GP_KERNEL_LOG_DIR/kernel-<id>.log; otherwise it uses SSH (paramiko).
+    """
+    sd = session_dir / "gp"
+    sd.mkdir()
+    klog = sd / "kernel-logs"
+    klog.mkdir()
+    jp = write_kernelspecs(sd / "specs", specs)
+    port = free_port()
+    token = uuid.uuid4().hex
+    base_url = f"http://127.0.0.1:{port}"
+    env = _base_env(sd, [jp, paths.ir_jupyter_path], base_url)
+    env.update(
+        {
+            "GP_RESPONSE_IP": "127.0.0.1",
+            "GP_RESPONSE_PORT": str(free_port()),
+            "GP_REMOTE_HOSTS": "localhost",
+            "GP_KERNEL_LOG_DIR": str(klog),
+        }
+    )
+    (sd / "root").mkdir()
+    gp_bin = str(Path(paths.py_gp).parent / "jupyter-server")
+    cmd = [
+        gp_bin,
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={sd / 'root'}",
+        "--log-level=DEBUG",
+    ]
+    server = _start_server("gp", cmd, env, base_url, token, sd / "server.log", klog, specs)
+    yield server
+    _stop_server(server)
+
+
+# ----------------------------------------------------------------------------- failure context
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def failure_context(request):
+    """Tests register (server, kernel_id) here; on failure the logs are attached to the report."""
+    ctx: list[tuple[Server, str]] = []
+    yield ctx
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for server, kernel_id in ctx:
+            sections = [
+                f"--- {server.kind} log lines for {kernel_id} ---",
+                server.log_tail(120, grep=kernel_id[:8]),
+                f"--- {server.kind} log tail ---",
+                server.log_tail(40),
+                f"--- kernel log {kernel_id} ---",
+                server.kernel_log(kernel_id)[-6000:],
+            ]
+            request.node.add_report_section("call", f"{server.kind}-{kernel_id}", "\n".join(sections))
