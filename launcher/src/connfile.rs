@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use protocol::connection::ConnectionInfo;
@@ -24,10 +24,9 @@ impl ConnectionFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o1777)
-                .create(dir)?;
+            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+            // A directory we had to create is most likely the missing /tmp.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))?;
         }
         let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let result = (|| {
@@ -65,7 +64,6 @@ impl ConnectionFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn written_private_and_removed() {

@@ -44,14 +44,16 @@ impl SpawnError {
 }
 
 impl Kernel {
-    /// Starts `argv` in a new process group with stdin from /dev/null.
+    /// Starts `argv` in a new process group. Its stdin is a pipe closed at
+    /// once (reads see EOF, as from /dev/null, which an empty container or
+    /// chroot may not have).
     pub fn spawn(argv: &[String], working_dir: Option<&Path>) -> Result<Kernel, SpawnError> {
         let (program, args) = argv.split_first().expect("KernelCommand is never empty");
         let mut cmd = Command::new(program);
         cmd.args(args)
             .process_group(0)
             .env("JPY_PARENT_PID", std::process::id().to_string())
-            .stdin(Stdio::null());
+            .stdin(Stdio::piped());
         if let Some(dir) = working_dir {
             cmd.current_dir(dir);
         }
@@ -60,6 +62,7 @@ impl Kernel {
             source,
         })?;
         let pid = i32::try_from(child.id()).expect("pids fit in i32");
+        // Dropping the handle closes our end of the stdin pipe and never waits.
         drop(child);
         Ok(Kernel { pid })
     }
