@@ -1,0 +1,4 @@
+//! End-to-end tests: the shipped static binary and EG's own launcher.
+
+mod eg_payload;
+mod static_chroot;
