@@ -24,7 +24,10 @@ impl ConnectionFile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
             // A directory we had to create is most likely the missing /tmp.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o1777))?;
         }
