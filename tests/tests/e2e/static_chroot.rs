@@ -30,7 +30,7 @@ fn static_launcher_runs_in_an_empty_chroot() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let kernel = "/busybox cat {connection_file} > /seen.json; trap 'exit 9' TERM; while :; do /busybox sleep 0.05; done";
-    let mut child = Command::new("/usr/sbin/chroot")
+    let child = Command::new("/usr/sbin/chroot")
         .arg(&root)
         .args([
             "/kernel-launcher",
