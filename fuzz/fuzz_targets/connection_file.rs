@@ -13,7 +13,13 @@ fuzz_target!(|data: &[u8]| {
     // because a float may not survive a decimal round trip bit for bit.
     let named = |i: &ConnectionInfo| {
         (
-            [i.shell_port, i.iopub_port, i.stdin_port, i.control_port, i.hb_port],
+            [
+                i.shell_port,
+                i.iopub_port,
+                i.stdin_port,
+                i.control_port,
+                i.hb_port,
+            ],
             [i.ip.clone(), i.key.clone(), i.transport.clone()],
             [i.signature_scheme.clone(), i.kernel_name.clone()],
         )

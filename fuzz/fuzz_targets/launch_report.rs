@@ -20,5 +20,11 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(again.connection.shell_port, report.connection.shell_port);
     assert_eq!(again.connection.key, report.connection.key);
-    assert!(report.connection.extra.keys().eq(again.connection.extra.keys()));
+    assert!(
+        report
+            .connection
+            .extra
+            .keys()
+            .eq(again.connection.extra.keys())
+    );
 });
