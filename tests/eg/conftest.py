@@ -222,13 +222,6 @@ def build_specs(p: Paths) -> dict[str, Spec]:
         Spec("kl_ir", "r", True, [kl, *EG_LEGACY_OPTS, "--", *ir], EG_PROXY),
         # gateway_provisioners 0.5.0 + Jupyter Server 2
         Spec("gp_kl_py", "python", True, [kl, *GP_OPTS, "--", *ipy], GP_PROVISIONER),
-        Spec(
-            "gp_py_own",
-            "python",
-            False,
-            [p.py_kernel, str(p.gp_launch_ipykernel), *GP_OPTS],
-            GP_PROVISIONER,
-        ),
         Spec("gp_kl_ir", "r", True, [kl, *GP_OPTS[:10], "--", *ir], GP_PROVISIONER),
     ]
     return {s.name: s for s in specs}
@@ -434,8 +427,33 @@ def gp_server(paths, specs, session_dir) -> Server:
             "GP_RESPONSE_PORT": str(free_port()),
             "GP_REMOTE_HOSTS": "localhost",
             "GP_KERNEL_LOG_DIR": str(klog),
+            # GP refuses unauthorized_users (default: root); the launch env comes from the server's.
+            "KERNEL_USERNAME": "kl-e2e",
         }
     )
+    # Reference kernelspec made by GP's own tooling (it assembles launch_ipykernel.py with the
+    # shared server_listener.py); only its interpreter is pointed at venv-kernel.
+    subprocess.run(
+        [
+            str(Path(paths.py_gp).parent / "jupyter-ssh-spec"),
+            "install",
+            f"--prefix={sd / 'gp-own'}",
+            "--kernel-name=gp_py_own",
+            "--display-name=gp_py_own (gateway_provisioners launcher)",
+            "--remote-hosts=localhost",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    own_dir = sd / "gp-own" / "share" / "jupyter"
+    own_json = own_dir / "kernels" / "gp_py_own" / "kernel.json"
+    own = json.loads(own_json.read_text())
+    assert own["argv"][0] == "python", own["argv"]
+    own["argv"][0] = paths.py_kernel
+    own_json.write_text(json.dumps(own, indent=2))
+    env["JUPYTER_PATH"] = os.pathsep.join([env["JUPYTER_PATH"], str(own_dir)])
+    specs = {**specs, "gp_py_own": Spec("gp_py_own", "python", False, own["argv"], own["metadata"])}
     (sd / "root").mkdir()
     gp_bin = str(Path(paths.py_gp).parent / "jupyter-server")
     cmd = [
@@ -445,6 +463,7 @@ def gp_server(paths, specs, session_dir) -> Server:
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         "--ServerApp.open_browser=False",
+        "--ServerApp.allow_root=True",
         f"--ServerApp.root_dir={sd / 'root'}",
         "--log-level=DEBUG",
     ]
@@ -458,25 +477,25 @@ def gp_server(paths, specs, session_dir) -> Server:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
+    """On a failed test, attach the gateway log lines and kernel log of its kernels."""
     outcome = yield
     rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
+    if rep.when != "call" or not rep.failed:
+        return
+    ctx = getattr(item, "funcargs", {}).get("failure_context") or []
+    for server, kernel_id in ctx:
+        sections = [
+            f"--- {server.kind} log lines mentioning {kernel_id} ---",
+            server.log_tail(150, grep=kernel_id),
+            f"--- {server.kind} log tail ---",
+            server.log_tail(40),
+            f"--- kernel log {server.kernel_log_dir}/kernel-{kernel_id}.log (tail) ---",
+            server.kernel_log(kernel_id)[-8000:],
+        ]
+        rep.sections.append((f"{server.kind} logs for kernel {kernel_id}", "\n".join(sections)))
 
 
 @pytest.fixture
-def failure_context(request):
-    """Tests register (server, kernel_id) here; on failure the logs are attached to the report."""
-    ctx: list[tuple[Server, str]] = []
-    yield ctx
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for server, kernel_id in ctx:
-            sections = [
-                f"--- {server.kind} log lines for {kernel_id} ---",
-                server.log_tail(120, grep=kernel_id[:8]),
-                f"--- {server.kind} log tail ---",
-                server.log_tail(40),
-                f"--- kernel log {kernel_id} ---",
-                server.kernel_log(kernel_id)[-6000:],
-            ]
-            request.node.add_report_section("call", f"{server.kind}-{kernel_id}", "\n".join(sections))
+def failure_context():
+    """Tests append (server, kernel_id); a failure report then carries those logs."""
+    return []

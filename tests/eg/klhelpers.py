@@ -107,6 +107,13 @@ def proc_of(pid: int) -> Proc | None:
     return Proc(pid, st[2], _cmdline(pid))
 
 
+def exe_of(pid: int) -> str:
+    try:
+        return os.path.realpath(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 def pids_with_env(key: str, value: str) -> list[int]:
     k, v = key.encode(), value.encode()
     me = os.getpid()
@@ -382,8 +389,9 @@ def run_lifecycle(server, spec, failure_context, check_reported_pid: bool) -> No
             )
             if spec.ours:
                 kp = proc_of(pid)
-                assert kp is not None and "kernel-launcher" not in kp.cmdline.split(" ")[0], (
-                    f"reported pid {pid} should be the kernel, not the launcher: {kp}"
+                launcher_exe = os.path.realpath(spec.argv[0])
+                assert kp is not None and exe_of(pid) != launcher_exe, (
+                    f"reported pid {pid} should be the kernel, not the launcher ({launcher_exe}): {kp}"
                 )
 
         ch = rest.channels(kid)
