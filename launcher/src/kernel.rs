@@ -47,12 +47,17 @@ impl Kernel {
     /// Starts `argv` in a new process group. Its stdin is a pipe closed at
     /// once (reads see EOF, as from /dev/null, which an empty container or
     /// chroot may not have).
-    pub fn spawn(argv: &[String], working_dir: Option<&Path>) -> Result<Kernel, SpawnError> {
+    pub fn spawn(
+        argv: &[String],
+        working_dir: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Kernel, SpawnError> {
         let (program, args) = argv.split_first().expect("KernelCommand is never empty");
         let mut cmd = Command::new(program);
         cmd.args(args)
             .process_group(0)
             .env("JPY_PARENT_PID", std::process::id().to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped());
         if let Some(dir) = working_dir {
             cmd.current_dir(dir);

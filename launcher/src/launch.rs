@@ -19,6 +19,7 @@ use crate::connfile::ConnectionFile;
 use crate::kernel::Kernel;
 use crate::ports;
 use crate::report;
+use crate::spark::SparkSetup;
 use crate::supervise::{self, Event, Supervisor};
 
 /// Exit code when an operating-system resource fails (BSD `EX_OSERR`).
@@ -86,7 +87,26 @@ pub fn run(config: Config) -> i32 {
         }
     };
 
-    let argv = config.kernel.argv_for(connfile.path());
+    let app_name = config.app_name.as_deref().unwrap_or(&config.kernel_id);
+    let spark = match SparkSetup::prepare(
+        config.spark_mode,
+        &config.cluster_type,
+        &config.kernel,
+        connfile.path(),
+        app_name,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!(
+                "cannot prepare Spark initialization next to {}: {e}",
+                connfile.path().display()
+            );
+            connfile.remove();
+            return EXIT_OSERR;
+        }
+    };
+    let mut argv = config.kernel.argv_for(connfile.path());
+    argv.extend(spark.args.iter().cloned());
     let working_dir = config.working_dir.as_deref().filter(|d| {
         let ok = d.is_dir();
         if !ok {
@@ -98,11 +118,12 @@ pub fn run(config: Config) -> i32 {
         ok
     });
     log::info!("starting kernel: {argv:?}");
-    let kernel = match Kernel::spawn(&argv, working_dir) {
+    let kernel = match Kernel::spawn(&argv, working_dir, &spark.env) {
         Ok(k) => k,
         Err(e) => {
             log::error!("{e}; check the kernel argv after `--` or --interpreter");
             connfile.remove();
+            spark.remove();
             return e.exit_code();
         }
     };
@@ -171,6 +192,7 @@ pub fn run(config: Config) -> i32 {
 
     let code = Supervisor::new(kernel, comm, config.grace, config.exit_with_parent).run(&rx);
     connfile.remove();
+    spark.remove();
     log::info!("kernel-launcher exiting with code {code}");
     code
 }

@@ -12,6 +12,7 @@ mod kernel;
 mod launch;
 mod ports;
 mod report;
+mod spark;
 mod supervise;
 
 use std::io::Write;
