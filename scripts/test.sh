@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh Debian machine (apt packages,
+# pinned Python venvs under ~/.cache/kernel-launcher, EG's sdist, pyspark) and
+# runs every test: format and lint checks, the Rust tests (unit, property,
+# launcher integration, end-to-end), a short fuzz smoke run, and the pytest
+# suites against real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark.
+#   scripts/test.sh              everything
+#   KL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "environment"
+scripts/setup-env.sh
+scripts/setup-spark.sh
+cache="${KL_CACHE:-$HOME/.cache/kernel-launcher}"
+# shellcheck disable=SC1091
+source "$cache/env.sh"
+# shellcheck disable=SC1091
+source "$cache/spark-env.sh"
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+scripts/build-static.sh
+cargo build --locked -p launcher
+export KL_STATIC_LAUNCHER="$root/target/x86_64-unknown-linux-gnu/release/kernel-launcher"
+export KL_BUSYBOX=/bin/busybox
+export KERNEL_LAUNCHER="$root/target/debug/kernel-launcher"
+
+step "Rust tests (unit, property, launcher integration, end-to-end)"
+cargo nextest run --workspace --locked --no-fail-fast
+
+if [ "${KL_FUZZ_SECONDS:-5}" != 0 ]; then
+    step "fuzz smoke (${KL_FUZZ_SECONDS:-5} s per target)"
+    scripts/fuzz-smoke.sh "${KL_FUZZ_SECONDS:-5}"
+fi
+
+step "real peers: EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark"
+"$KL_PY_EG" -m pytest -p no:cacheprovider -v tests/eg tests/spark
