@@ -95,16 +95,6 @@ class Paths:
     def eg_launch_ipykernel(self) -> Path:
         return self.eg_sdist / "etc/kernel-launchers/python/scripts/launch_ipykernel.py"
 
-    @property
-    def gp_launch_ipykernel(self) -> Path:
-        site = subprocess.run(
-            [self.py_gp, "-c", "import gateway_provisioners, os; print(os.path.dirname(gateway_provisioners.__file__))"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return Path(site) / "kernel-launchers/python/scripts/launch_ipykernel.py"
-
 
 @pytest.fixture(scope="session")
 def paths() -> Paths:

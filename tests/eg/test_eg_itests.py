@@ -26,7 +26,7 @@ def run_itests(paths, eg_server, test_file: str, selector: str, env_names: dict)
         "GATEWAY_HOST": eg_server.base_url.removeprefix("http://"),
         "KERNEL_USERNAME": "kl-e2e",
         "KERNEL_LAUNCH_TIMEOUT": "90",
-        "REQUEST_TIMEOUT": "120",
+        "REQUEST_TIMEOUT": "30",  # per-message wait of the itests client; generous for these cells
         "ITEST_HOSTNAME_PREFIX": socket.gethostname(),
         "LOG_LEVEL": "INFO",
         **env_names,
@@ -39,6 +39,7 @@ def run_itests(paths, eg_server, test_file: str, selector: str, env_names: dict)
         "-k",
         selector,
         "-v",
+        "--maxfail=2",  # a broken kernel costs REQUEST_TIMEOUT per cell; two failures say enough
         "-p",
         "no:cacheprovider",
         "-c",
