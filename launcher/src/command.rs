@@ -5,6 +5,13 @@
 //! any kernel instead: whatever follows `--` is run with `{connection_file}`
 //! replaced, so a kernelspec's usual argv moves behind `kernel-launcher ... --`
 //! unchanged. Without `--`, the language picks a default command.
+//!
+//! Interop quirk: the gateway formats the whole kernelspec argv before it runs
+//! the launcher, and jupyter_client's `format_kernel_cmd` fills
+//! `{connection_file}` with the *gateway's* path (`<runtime dir>/kernel-<id>.json`),
+//! a file the gateway wrote with its own ports and key, or that does not even
+//! exist on this host. So an argument naming `kernel-<kernel id>.json` is
+//! treated as the placeholder too, and the kernel gets the launcher's file.
 
 use std::path::Path;
 
@@ -80,9 +87,14 @@ impl KernelCommand {
     }
 
     /// Warnings about the command worth logging once.
-    pub fn warnings(&self) -> Vec<String> {
+    pub fn warnings(&self, kernel_id: &str) -> Vec<String> {
         let mut w = Vec::new();
-        if !self.argv.iter().any(|a| a.contains(PLACEHOLDER)) {
+        let gateway_file = gateway_file_name(kernel_id);
+        if !self
+            .argv
+            .iter()
+            .any(|a| a.contains(PLACEHOLDER) || a.ends_with(&gateway_file))
+        {
             w.push(format!(
                 "the kernel argv has no {PLACEHOLDER}; the kernel will not learn its ports unless it finds the file another way"
             ));
@@ -95,14 +107,31 @@ impl KernelCommand {
         w
     }
 
-    /// The argv with every `{connection_file}` replaced by `path`.
-    pub fn argv_for(&self, path: &Path) -> Vec<String> {
+    /// The argv with every `{connection_file}`, and every path the gateway
+    /// substituted for it (one ending in `kernel-<kernel_id>.json`), replaced by `path`.
+    pub fn argv_for(&self, path: &Path, kernel_id: &str) -> Vec<String> {
         let p = path.to_string_lossy();
+        let gateway_file = gateway_file_name(kernel_id);
         self.argv
             .iter()
-            .map(|a| a.replace(PLACEHOLDER, &p))
+            .map(|a| {
+                if a.ends_with(&gateway_file) && a.as_str() != p {
+                    log::info!("the gateway filled {PLACEHOLDER} with `{a}`; the kernel gets the launcher's file `{p}`");
+                    // `--opt=/path/kernel-<id>.json` or a bare path.
+                    match a.split_once('=') {
+                        Some((opt, _)) if opt.starts_with('-') => format!("{opt}={p}"),
+                        _ => p.to_string(),
+                    }
+                } else {
+                    a.replace(PLACEHOLDER, &p)
+                }
+            })
             .collect()
     }
+}
+
+fn gateway_file_name(kernel_id: &str) -> String {
+    format!("kernel-{kernel_id}.json")
 }
 
 #[cfg(test)]
@@ -123,10 +152,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            c.argv_for(Path::new("/tmp/k.json")),
+            c.argv_for(Path::new("/tmp/k.json"), "id"),
             ["julia", "-i", "--conn=/tmp/k.json"]
         );
-        assert!(c.warnings().is_empty());
+        assert!(c.warnings("id").is_empty());
     }
 
     #[test]
@@ -134,7 +163,7 @@ mod tests {
         let py = KernelCommand::resolve(None, None, Some("/venv/bin/python"), Some("my.Kernel"))
             .unwrap();
         assert_eq!(
-            py.argv_for(Path::new("c.json")),
+            py.argv_for(Path::new("c.json"), "id"),
             [
                 "/venv/bin/python",
                 "-m",
@@ -145,7 +174,7 @@ mod tests {
             ]
         );
         let r = KernelCommand::resolve(None, Some("R"), None, None).unwrap();
-        assert_eq!(r.argv_for(Path::new("c.json"))[0], "R");
+        assert_eq!(r.argv_for(Path::new("c.json"), "id")[0], "R");
         let e = KernelCommand::resolve(None, Some("scala"), None, None).unwrap_err();
         assert!(e.contains("after `--`"));
         assert!(KernelCommand::resolve(Some(vec![]), None, None, None).is_err());
@@ -160,6 +189,39 @@ mod tests {
             Some("x.Y"),
         )
         .unwrap();
-        assert_eq!(c.warnings().len(), 2);
+        assert_eq!(c.warnings("id").len(), 2);
+    }
+
+    #[test]
+    fn gateway_substituted_connection_file_is_replaced() {
+        let argv = [
+            "python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "/gw/runtime/kernel-abc.json",
+            "--x=/gw/kernel-abc.json",
+            "/gw/other.json",
+        ];
+        let c = KernelCommand::resolve(
+            Some(argv.iter().map(|s| s.to_string()).collect()),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(c.warnings("abc").is_empty());
+        assert_eq!(
+            c.argv_for(Path::new("/tmp/kernel-abc.json"), "abc"),
+            [
+                "python",
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "/tmp/kernel-abc.json",
+                "--x=/tmp/kernel-abc.json",
+                "/gw/other.json"
+            ]
+        );
     }
 }

@@ -467,7 +467,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         kernel_class_name.as_deref(),
     )
     .map_err(|problem| ConfigError::new("kernel command (after `--`)", problem))?;
-    warnings.extend(kernel.warnings());
+    warnings.extend(kernel.warnings(&kernel_id));
 
     let connection_file = connection_file_path(
         positionals.first().map(String::as_str),

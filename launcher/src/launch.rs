@@ -105,7 +105,7 @@ pub fn run(config: Config) -> i32 {
             return EXIT_OSERR;
         }
     };
-    let mut argv = config.kernel.argv_for(connfile.path());
+    let mut argv = config.kernel.argv_for(connfile.path(), &config.kernel_id);
     argv.extend(spark.args.iter().cloned());
     let working_dir = config.working_dir.as_deref().filter(|d| {
         let ok = d.is_dir();

@@ -83,7 +83,7 @@ impl SparkSetup {
             }
             return Ok(setup);
         }
-        let kind = kind_of(&kernel.argv_for(connection_file));
+        let kind = kind_of(&kernel.argv_for(connection_file, ""));
         if kind == KernelKind::Toree {
             // Toree's launcher convention (EG ToreeLauncher): `none` disables the context.
             setup.args = match mode {
