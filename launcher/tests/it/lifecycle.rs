@@ -273,3 +273,16 @@ fn exit_with_parent_ends_the_kernel() {
         log_of(&dir)
     );
 }
+
+#[test]
+fn closed_stderr_does_not_kill_the_launcher() {
+    // A gateway that restarts closes the pipe the launcher logs to.
+    let mut child = launcher()
+        .args(["--kernel-id", "k-epipe", "--", "sh", "-c", "sleep 0.5; exit 6"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    assert_eq!(wait_code(&mut child), 6);
+}
