@@ -286,3 +286,25 @@ fn closed_stderr_does_not_kill_the_launcher() {
     drop(child.stderr.take());
     assert_eq!(wait_code(&mut child), 6);
 }
+
+#[test]
+fn under_spark_submit_stdin_eof_ends_the_kernel() {
+    // PythonRunner gives the driver's child a stdin pipe from the JVM; EOF
+    // means the JVM is gone. The primary resource argument is ignored.
+    let dir = scratch("stdin-eof");
+    let mut child = launcher()
+        .env("PYSPARK_GATEWAY_PORT", "1")
+        .args(["/opt/primary.py", "--kernel-id", "k-jvm", "--grace-period", "1", "--", "sh", "-c"])
+        .arg(recording_kernel(&dir, "echo TERM >> $d/signals; exit 0"))
+        .stdin(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("launcher.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let kernel = kernel_pid(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(kernel), "{}", log_of(&dir));
+    drop(child.stdin.take());
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
+    assert!(signals(&dir).contains("TERM"));
+    assert!(log_of(&dir).contains("stdin reached EOF"), "{}", log_of(&dir));
+}
