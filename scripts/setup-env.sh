@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare everything the real-peer end-to-end tests (tests/eg) need:
-#   - Debian packages: R + Debian's IRkernel, util-linux, procps, iproute2
+#   - Debian packages: R + Debian's IRkernel, util-linux, procps, iproute2, busybox-static (the static
+#     "kernel" of the empty-chroot test)
 #   - three pinned virtualenvs (tests/requirements/{kernel,eg,gp}.txt)
 #       venv-kernel  ipykernel + jupyter_client 8; runs kernels, EG's launch_ipykernel.py and pytest
 #       venv-eg      jupyter_enterprise_gateway 3.3.0 (jupyter_client 6, jupyter_server 1)
@@ -28,7 +29,7 @@ start_s=$SECONDS
 mkdir -p "$KL_CACHE"
 
 # ---------------------------------------------------------------- system packages
-apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2)
+apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2 busybox-static)
 ensure_apt() {
     local missing=() p
     for p in "${apt_packages[@]}"; do

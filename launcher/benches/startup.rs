@@ -12,6 +12,7 @@
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,9 +103,10 @@ fn kernel_listening(port: u16, deadline: Instant) -> bool {
 }
 
 fn stop(child: &mut Child) {
-    // Kill the whole tree so no kernel survives a benchmark run.
-    let pids = tree(child.id());
-    for p in pids.iter().rev() {
+    // Each launcher runs in its own process group (EG's forks a comm listener,
+    // ours starts the kernel in a group of its own): kill every group in the tree.
+    for p in tree(child.id()) {
+        let _ = Command::new("kill").arg("-9").arg(format!("-{p}")).status();
         let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
     }
     let _ = child.wait();
@@ -177,6 +179,7 @@ fn main() {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .unwrap();
             let bytes = receive(&listener, start + Duration::from_secs(60));

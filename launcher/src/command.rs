@@ -44,10 +44,21 @@ impl KernelCommand {
                         .to_string(),
                 );
             }
+            // An ipykernel argv takes the class as an IPKernelApp option; any
+            // other kernel cannot use it (warned about once).
+            let mut argv = argv;
+            let mut ignored_class = None;
+            if let Some(class) = kernel_class {
+                if argv.iter().any(|a| a.contains("ipykernel")) {
+                    argv.push(format!("--IPKernelApp.kernel_class={class}"));
+                } else {
+                    ignored_class = Some(class.to_string());
+                }
+            }
             return Ok(KernelCommand {
                 argv,
                 is_default: false,
-                ignored_class: kernel_class.map(str::to_string),
+                ignored_class,
             });
         }
         let lang = language.unwrap_or("python").trim().to_ascii_lowercase();
@@ -101,7 +112,7 @@ impl KernelCommand {
         }
         if let Some(class) = &self.ignored_class {
             w.push(format!(
-                "--kernel-class-name {class} only applies to the default python command; pass --IPKernelApp.kernel_class in your argv instead"
+                "--kernel-class-name {class} applies to ipykernel only; this kernel argv does not run ipykernel, so it is ignored"
             ));
         }
         w
@@ -178,6 +189,28 @@ mod tests {
         let e = KernelCommand::resolve(None, Some("scala"), None, None).unwrap_err();
         assert!(e.contains("after `--`"));
         assert!(KernelCommand::resolve(Some(vec![]), None, None, None).is_err());
+    }
+
+    #[test]
+    fn kernel_class_applies_to_an_ipykernel_argv() {
+        let c = KernelCommand::resolve(
+            Some(vec![
+                "py".into(),
+                "-m".into(),
+                "ipykernel_launcher".into(),
+                "-f".into(),
+                "{connection_file}".into(),
+            ]),
+            None,
+            None,
+            Some("my.Kernel"),
+        )
+        .unwrap();
+        assert!(c.warnings("id").is_empty());
+        assert_eq!(
+            c.argv_for(Path::new("c.json"), "id").last().unwrap(),
+            "--IPKernelApp.kernel_class=my.Kernel"
+        );
     }
 
     #[test]

@@ -278,7 +278,14 @@ fn exit_with_parent_ends_the_kernel() {
 fn closed_stderr_does_not_kill_the_launcher() {
     // A gateway that restarts closes the pipe the launcher logs to.
     let mut child = launcher()
-        .args(["--kernel-id", "k-epipe", "--", "sh", "-c", "sleep 0.5; exit 6"])
+        .args([
+            "--kernel-id",
+            "k-epipe",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.5; exit 6",
+        ])
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -294,7 +301,16 @@ fn under_spark_submit_stdin_eof_ends_the_kernel() {
     let dir = scratch("stdin-eof");
     let mut child = launcher()
         .env("PYSPARK_GATEWAY_PORT", "1")
-        .args(["/opt/primary.py", "--kernel-id", "k-jvm", "--grace-period", "1", "--", "sh", "-c"])
+        .args([
+            "/opt/primary.py",
+            "--kernel-id",
+            "k-jvm",
+            "--grace-period",
+            "1",
+            "--",
+            "sh",
+            "-c",
+        ])
         .arg(recording_kernel(&dir, "echo TERM >> $d/signals; exit 0"))
         .stdin(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("launcher.log")).unwrap())
@@ -306,5 +322,9 @@ fn under_spark_submit_stdin_eof_ends_the_kernel() {
     drop(child.stdin.take());
     assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
     assert!(signals(&dir).contains("TERM"));
-    assert!(log_of(&dir).contains("stdin reached EOF"), "{}", log_of(&dir));
+    assert!(
+        log_of(&dir).contains("stdin reached EOF"),
+        "{}",
+        log_of(&dir)
+    );
 }

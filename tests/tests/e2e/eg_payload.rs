@@ -4,6 +4,7 @@
 //! payload decrypted by EG's ResponseManager) is in tests/eg.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use e2e::*;
@@ -40,11 +41,16 @@ fn eg_launcher_payload(bits: usize, legacy_options: bool) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // EG's launcher forks its comm listener; kill the whole group after.
+        .process_group(0)
         .spawn()
         .unwrap();
     let bytes = accept_payload(&listener);
     let report = open_payload(&key, &bytes);
-    let _ = child.kill();
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let _ = child.wait();
     assert_eq!(report.kernel_id, "eg-own-launcher");
     assert_eq!(report.pid, Some(i64::from(child.id())));
