@@ -131,6 +131,7 @@ class SparkKernel:
         if self.ch:
             self.ch.close()
             self.ch = None
+        print(f"kernel {self.kid}: processes before DELETE: {describe(self.seen)}")
         rd = self.rest.delete(self.kid)
         self.deleted = True
         assert rd.status_code == 204, f"DELETE: HTTP {rd.status_code}: {rd.text[:2000]}"

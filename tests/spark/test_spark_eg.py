@@ -55,6 +55,7 @@ def run_scenario(k: SparkKernel, expected_master: str) -> None:
     res = k.ch.collect(mid, timeout=120)
     res.text = partial.text + res.text
     assert res.status == "error", f"the interrupted Spark cell did not end with an error: {res}"
+    print(f"interrupted cell: {res.ename}: {str(res.evalue).splitlines()[:1]}")
     assert res.ename == "KeyboardInterrupt" or "cancel" in (str(res.evalue) + res.text).lower(), res
     assert k.value("spark.range(3).count()") == "3"
 
@@ -130,6 +131,7 @@ def test_spark_start_failure_is_reported(kernel, ver):
     assert res.ename == "RuntimeError", res
     assert "Spark failed to start" in (res.evalue or ""), res
     assert bad in res.text, f"the cause ({bad}) is not in the error output: {res.text[-4000:]}"
+    print(f"failure reported as: {res.ename}: {res.evalue}")
     # Every name reports the same failure, again and again, without hanging.
     for name in ("sc.master", "spark.version"):
         res = k.execute(name, timeout=60)
