@@ -22,6 +22,7 @@ pub fn required_path(var: &str, how: &str) -> PathBuf {
 }
 
 /// Reads one connection to EOF on `listener` (non-blocking accept with a guard).
+/// The listener is left in non-blocking mode.
 pub fn accept_payload(listener: &TcpListener) -> Vec<u8> {
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + PATIENCE;

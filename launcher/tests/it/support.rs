@@ -2,16 +2,13 @@
 //! `protocol` decryption; EG's real one is exercised in tests/eg), launcher
 //! processes, and polling helpers with generous hang-guards.
 
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::payload::{self, LaunchReport, PrivateKey};
-
-/// Generous hang guard; nothing here asserts speed.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use e2e::{PATIENCE, accept_payload, eventually, open_payload};
+use protocol::payload::{LaunchReport, PrivateKey};
 
 pub fn launcher() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kernel-launcher"));
@@ -83,23 +80,7 @@ impl Gateway {
 
     /// Waits for one payload, reads it to EOF and decrypts it.
     pub fn receive(&self) -> LaunchReport {
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match self.listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "no payload within {PATIENCE:?}");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
-        stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).unwrap();
-        let inner = payload::decrypt(&self.key, &bytes).expect("payload decrypts");
-        LaunchReport::from_json(&inner).expect("payload holds a launch report")
+        open_payload(&self.key, &accept_payload(&self.listener))
     }
 
     /// True if a second payload arrives within `wait`.
@@ -122,15 +103,6 @@ pub fn comm_send(port: u16, bytes: &[u8]) -> std::io::Result<()> {
     s.write_all(bytes)?;
     s.shutdown(std::net::Shutdown::Write)?;
     Ok(())
-}
-
-/// Polls `f` until it holds or PATIENCE runs out.
-pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Whether `pid` exists and is not a zombie.
