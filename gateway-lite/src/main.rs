@@ -1,8 +1,36 @@
-//! `gateway-lite`: a small gateway that speaks the Jupyter Kernel Gateway REST
-//! and WebSocket API and starts kernels through `kernel-launcher`.
-//! (Being built; see issue 4.)
+//! The `gateway-lite` binary: parse the configuration, set up logging, run.
+//!
+//! Everything else lives in the library (`gateway_lite::run`), so integration tests and
+//! future embedders use the same code path.
+
+#![forbid(unsafe_code)]
+
+use gateway_lite::config::{Config, EXIT_USAGE};
 
 fn main() {
-    eprintln!("gateway-lite is not built yet");
-    std::process::exit(1);
+    let config = match Config::from_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway-lite: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway-lite: cannot start the async runtime: {e}");
+            std::process::exit(71);
+        }
+    };
+    if let Err(e) = runtime.block_on(gateway_lite::run(config)) {
+        tracing::error!("{e:#}");
+        eprintln!("gateway-lite: {e:#}");
+        std::process::exit(1);
+    }
 }

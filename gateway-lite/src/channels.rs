@@ -1,0 +1,262 @@
+//! ZeroMQ channels to a running kernel: endpoints, sockets, and signed messages.
+//!
+//! A kernel listens on five ZeroMQ sockets (shell, control, stdin, iopub, heartbeat) at the
+//! ports its launcher reported. This module turns a [`KernelEndpoints`] into connected
+//! `zeromq` sockets, converts between `zeromq` messages and [`protocol::wire`] messages, and
+//! builds the few messages the gateway itself sends (`shutdown_request`, `interrupt_request`)
+//! and the `status` messages it synthesizes for clients (`restarting`, `dead`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::connection::ConnectionInfo;
+use protocol::wire::{self, Signer, WireMessage};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+/// How long connecting one socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kernel channels a client talks on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Requests and replies.
+    Shell,
+    /// Like shell, on a separate queue (interrupt, shutdown, debug).
+    Control,
+    /// Input requests from the kernel, replies from the client.
+    Stdin,
+    /// Broadcast output.
+    Iopub,
+}
+
+impl Channel {
+    /// The protocol name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Shell => "shell",
+            Channel::Control => "control",
+            Channel::Stdin => "stdin",
+            Channel::Iopub => "iopub",
+        }
+    }
+
+    /// Parses a protocol name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "shell" => Channel::Shell,
+            "control" => Channel::Control,
+            "stdin" => Channel::Stdin,
+            "iopub" => Channel::Iopub,
+            _ => return None,
+        })
+    }
+}
+
+/// Where one incarnation of a kernel listens, and its key. A restart makes a new one.
+#[derive(Debug, Clone)]
+pub struct KernelEndpoints {
+    /// The reported connection info.
+    pub info: ConnectionInfo,
+    /// Host the ports are reachable at.
+    pub host: String,
+    /// Signs and verifies with the kernel's key.
+    pub signer: Signer,
+    /// The launcher's comm port, if reported.
+    pub comm_port: Option<u16>,
+    /// Kernel pid as reported.
+    pub pid: Option<i64>,
+    /// Kernel process group as reported.
+    pub pgid: Option<i64>,
+    /// Counts incarnations of the same kernel id.
+    pub generation: u64,
+}
+
+impl KernelEndpoints {
+    /// `tcp://host:port` for `channel`.
+    pub fn endpoint(&self, channel: Channel) -> String {
+        let port = match channel {
+            Channel::Shell => self.info.shell_port,
+            Channel::Control => self.info.control_port,
+            Channel::Stdin => self.info.stdin_port,
+            Channel::Iopub => self.info.iopub_port,
+        };
+        if self.host.contains(':') {
+            format!("tcp://[{}]:{port}", self.host)
+        } else {
+            format!("tcp://{}:{port}", self.host)
+        }
+    }
+}
+
+fn options(identity: Option<&[u8]>) -> SocketOptions {
+    let mut o = SocketOptions::default();
+    o.connect_timeout(CONNECT_TIMEOUT);
+    if let Some(id) = identity.and_then(|i| zeromq::util::PeerIdentity::try_from(i.to_vec()).ok()) {
+        o.peer_identity(id);
+    }
+    o
+}
+
+/// A DEALER connected to `channel`. Shell and stdin of one client share `identity`, so the
+/// kernel routes its `input_request` to that client's stdin socket.
+pub async fn dealer(
+    ep: &KernelEndpoints,
+    channel: Channel,
+    identity: Option<&[u8]>,
+) -> zeromq::ZmqResult<DealerSocket> {
+    let mut s = DealerSocket::with_options(options(identity));
+    s.connect(&ep.endpoint(channel)).await?;
+    Ok(s)
+}
+
+/// A SUB connected to iopub, subscribed to everything.
+pub async fn subscriber(ep: &KernelEndpoints) -> zeromq::ZmqResult<SubSocket> {
+    let mut s = SubSocket::with_options(options(None));
+    s.connect(&ep.endpoint(Channel::Iopub)).await?;
+    s.subscribe("").await?;
+    Ok(s)
+}
+
+/// Frames of a wire message, as a `zeromq` message.
+pub fn to_zmq(msg: &WireMessage) -> ZmqMessage {
+    let frames: Vec<Bytes> = wire::join(msg).into_iter().map(Bytes::from).collect();
+    // `join` always yields at least six frames, so the conversion cannot fail.
+    ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Vec::<u8>::new()))
+}
+
+/// Splits and verifies a message from the kernel. `None` (logged) when malformed or badly
+/// signed: such a message is dropped, as ipykernel drops badly signed requests.
+pub fn from_zmq(m: ZmqMessage, signer: &Signer, channel: Channel) -> Option<WireMessage> {
+    let frames = m.into_vec();
+    let msg = match wire::split(&frames) {
+        Ok(msg) => msg,
+        Err(e) => {
+            tracing::warn!(channel = channel.as_str(), "malformed message from kernel dropped: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = signer.verify(&msg) {
+        tracing::warn!(channel = channel.as_str(), "message from kernel dropped: {e}");
+        return None;
+    }
+    Some(msg)
+}
+
+/// `2024-05-01T12:00:00.123456Z`: the form Jupyter Server's gateway client parses
+/// (`%Y-%m-%dT%H:%M:%S.%fZ`).
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// A new, unsigned message from the gateway itself.
+pub fn message(msg_type: &str, session: &str, parent: &[u8], content: Value) -> WireMessage {
+    let header = json!({
+        "msg_id": uuid::Uuid::new_v4().to_string(),
+        "msg_type": msg_type,
+        "username": "gateway-lite",
+        "session": session,
+        "date": timestamp(OffsetDateTime::now_utc()),
+        "version": "5.3",
+    });
+    WireMessage {
+        identities: Vec::new(),
+        signature: Vec::new(),
+        header: header.to_string().into_bytes(),
+        parent_header: parent.to_vec(),
+        metadata: b"{}".to_vec(),
+        content: content.to_string().into_bytes(),
+        buffers: Vec::new(),
+    }
+}
+
+/// An iopub `status` message the gateway tells clients (`restarting`, `dead`).
+pub fn status(state: &str) -> WireMessage {
+    message("status", "", b"{}", json!({ "execution_state": state }))
+}
+
+/// The `msg_type` and `msg_id` of a header, if it is a JSON object that has them.
+pub fn header_fields(header: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct H {
+        msg_type: String,
+        #[serde(default)]
+        msg_id: String,
+    }
+    let h: H = serde_json::from_slice(header).ok()?;
+    Some((h.msg_type, h.msg_id))
+}
+
+/// Sends a signed request on `channel` and waits up to `wait` for the reply to it.
+pub async fn request(
+    ep: &KernelEndpoints,
+    channel: Channel,
+    msg_type: &str,
+    content: Value,
+    wait: Duration,
+) -> Result<WireMessage, RequestError> {
+    let fut = async {
+        let mut sock = dealer(ep, channel, None).await?;
+        let mut msg = message(msg_type, &uuid::Uuid::new_v4().to_string(), b"{}", content);
+        let sent_id = header_fields(&msg.header).map(|(_, id)| id).unwrap_or_default();
+        ep.signer.sign_message(&mut msg);
+        sock.send(to_zmq(&msg)).await?;
+        loop {
+            let reply = sock.recv().await?;
+            let Some(reply) = from_zmq(reply, &ep.signer, channel) else {
+                continue;
+            };
+            let parent_id = serde_json::from_slice::<Value>(&reply.parent_header)
+                .ok()
+                .and_then(|p| p.get("msg_id").and_then(Value::as_str).map(str::to_owned));
+            if parent_id.as_deref() == Some(sent_id.as_str()) {
+                return Ok(reply);
+            }
+        }
+    };
+    tokio::time::timeout(wait, fut)
+        .await
+        .map_err(|_| RequestError::Timeout(wait))?
+}
+
+/// Why a gateway-originated request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// ZeroMQ failed (kernel gone, port closed).
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zeromq::ZmqError),
+    /// No reply in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_has_microseconds_and_z() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        assert_eq!(timestamp(t), "2023-11-14T22:13:20.123456Z");
+    }
+
+    #[test]
+    fn header_fields_are_read() {
+        assert_eq!(
+            header_fields(br#"{"msg_type":"status","msg_id":"1","x":2}"#),
+            Some(("status".into(), "1".into()))
+        );
+        assert_eq!(header_fields(b"[]"), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! Kernelspecs: finding them, serving them, and turning one into a launcher command line.
+//!
+//! Clients choose a kernel by kernelspec name, and the spec's `argv` is how a kernel gets
+//! started. Specs are found where Jupyter finds them (`<dir>/kernels/<name>/kernel.json` on
+//! the Jupyter data paths) plus `--kernelspec-dir`; with nothing found at all, an embedded
+//! `python3` spec runs ipykernel. A spec written for Enterprise Gateway (its argv holds
+//! `{response_address}`) is used as is, placeholders filled as EG fills them; any other spec
+//! is wrapped in `kernel-launcher ... --`, so every kernel reports its ports through the
+//! encrypted payload and gets a comm port. The spec document itself is served unchanged
+//! (missing standard fields get Jupyter's defaults).
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use crate::config::SearchEnv;
+
+/// Largest `kernel.json` read.
+const MAX_SPEC_BYTES: u64 = 1024 * 1024;
+
+/// One kernelspec.
+#[derive(Debug, Clone)]
+pub struct KernelSpec {
+    /// The spec's name (its directory name).
+    pub name: String,
+    /// Directory holding `kernel.json` and resources; `None` for the embedded spec.
+    pub dir: Option<PathBuf>,
+    /// The `kernel.json` document, with standard fields defaulted.
+    pub spec: Map<String, Value>,
+    /// `argv`, as strings.
+    pub argv: Vec<String>,
+    /// `env`, string values only.
+    pub env: BTreeMap<String, String>,
+    /// `interrupt_mode` is `"message"`.
+    pub interrupt_by_message: bool,
+}
+
+/// Why a `kernel.json` was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not readable, too large, or not JSON.
+    #[error("{path}: {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl KernelSpec {
+    fn from_json(name: &str, dir: Option<PathBuf>, bytes: &[u8]) -> Result<Self, String> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let Value::Object(mut spec) = value else {
+            return Err("not a JSON object".into());
+        };
+        let argv: Vec<String> = match spec.get("argv") {
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or("argv holds a non-string")?,
+            _ => return Err("argv is missing, empty or not an array".into()),
+        };
+        let env: BTreeMap<String, String> = match spec.get("env") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+                .collect::<Option<_>>()
+                .ok_or("env holds a non-string value")?,
+            Some(_) => return Err("env is not an object".into()),
+        };
+        spec.entry("display_name").or_insert_with(|| json!(name));
+        spec.entry("language").or_insert_with(|| json!(""));
+        spec.entry("env").or_insert_with(|| json!({}));
+        spec.entry("metadata").or_insert_with(|| json!({}));
+        spec.entry("interrupt_mode").or_insert_with(|| json!("signal"));
+        let interrupt_by_message = spec.get("interrupt_mode") == Some(&json!("message"));
+        Ok(KernelSpec {
+            name: name.to_owned(),
+            dir,
+            spec,
+            argv,
+            env,
+            interrupt_by_message,
+        })
+    }
+
+    /// The embedded `python3` spec used when no kernelspec is installed.
+    pub fn embedded_python3() -> Self {
+        let doc = br#"{
+            "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "metadata": {"debugger": true}
+        }"#;
+        Self::from_json("python3", None, doc).expect("the embedded spec is valid")
+    }
+
+    /// Whether the argv already runs a launcher (it passes `{response_address}`).
+    pub fn runs_launcher(&self) -> bool {
+        self.argv.iter().any(|a| a.contains("{response_address}"))
+    }
+
+    /// The command to run: the spec's argv with EG's placeholders filled, wrapped in
+    /// `kernel-launcher ... --` unless the spec runs a launcher itself.
+    pub fn command(&self, fill: &Placeholders<'_>, launcher: &Path) -> Vec<String> {
+        if self.runs_launcher() {
+            return self.argv.iter().map(|a| fill.apply(a, self, true)).collect();
+        }
+        let mut argv = vec![
+            launcher.to_string_lossy().into_owned(),
+            "--kernel-id".into(),
+            fill.kernel_id.into(),
+            "--response-address".into(),
+            fill.response_address.into(),
+            "--public-key".into(),
+            fill.public_key.into(),
+            "--".into(),
+        ];
+        // `{connection_file}` is left for the launcher, which fills in its own file.
+        argv.extend(self.argv.iter().map(|a| fill.apply(a, self, false)));
+        argv
+    }
+
+    /// The REST model: `{"name", "spec", "resources"}`.
+    pub fn model(&self, base_url: &str) -> Value {
+        let mut resources = Map::new();
+        for file in self.resource_files() {
+            let key = file
+                .strip_suffix(".png")
+                .or_else(|| file.strip_suffix(".svg"))
+                .filter(|k| k.starts_with("logo-"))
+                .unwrap_or(&file)
+                .to_owned();
+            resources.insert(
+                key,
+                json!(format!("{base_url}kernelspecs/{}/{file}", self.name)),
+            );
+        }
+        json!({"name": self.name, "spec": self.spec, "resources": resources})
+    }
+
+    /// Resource files present in the spec directory (logos, kernel.js, kernel.css).
+    fn resource_files(&self) -> Vec<String> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|f| {
+                (f.starts_with("logo-") && (f.ends_with(".png") || f.ends_with(".svg")))
+                    || f == "kernel.js"
+                    || f == "kernel.css"
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The file for `GET /kernelspecs/{name}/{resource}`: inside the spec directory, after
+    /// resolving symlinks. `None` (404) for `..`, absolute paths, escapes and missing files.
+    pub fn resource(&self, resource: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let rel = Path::new(resource);
+        if resource.is_empty()
+            || resource.contains('\\')
+            || resource.contains('\0')
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let root = dir.canonicalize().ok()?;
+        let path = root.join(rel).canonicalize().ok()?;
+        (path.starts_with(&root) && path.is_file()).then_some(path)
+    }
+}
+
+/// Values for EG's argv placeholders.
+#[derive(Debug, Clone)]
+pub struct Placeholders<'a> {
+    /// `{kernel_id}`.
+    pub kernel_id: &'a str,
+    /// `{response_address}`, `HOST:PORT`.
+    pub response_address: &'a str,
+    /// `{public_key}`, EG's base64 SPKI form.
+    pub public_key: &'a str,
+    /// `{connection_file}` (for specs that run a launcher themselves).
+    pub connection_file: &'a str,
+}
+
+impl Placeholders<'_> {
+    fn apply(&self, arg: &str, spec: &KernelSpec, fill_connection_file: bool) -> String {
+        let resource_dir = spec
+            .dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut out = arg
+            .replace("{kernel_id}", self.kernel_id)
+            .replace("{response_address}", self.response_address)
+            .replace("{public_key}", self.public_key)
+            .replace("{port_range}", "0..0")
+            .replace("{resource_dir}", &resource_dir);
+        if fill_connection_file {
+            out = out.replace("{connection_file}", self.connection_file);
+        }
+        out
+    }
+}
+
+/// Every kernelspec the gateway serves, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct KernelSpecs {
+    specs: BTreeMap<String, KernelSpec>,
+    default: String,
+}
+
+impl KernelSpecs {
+    /// Searches `extra_dirs` (each holding `<name>/kernel.json`), then the Jupyter data paths.
+    /// The first spec of a name wins. Broken specs are logged and skipped.
+    pub fn discover(extra_dirs: &[PathBuf], search: &SearchEnv, default: Option<&str>) -> Self {
+        let mut roots: Vec<PathBuf> = extra_dirs.to_vec();
+        for data in data_paths(search) {
+            roots.push(data.join("kernels"));
+        }
+        let mut specs = BTreeMap::new();
+        for root in &roots {
+            for (name, dir) in spec_dirs(root) {
+                if specs.contains_key(&name) {
+                    continue;
+                }
+                match read_spec(&name, &dir) {
+                    Ok(spec) => {
+                        tracing::debug!(name, dir = %dir.display(), "kernelspec found");
+                        specs.insert(name, spec);
+                    }
+                    Err(e) => tracing::warn!("skipping kernelspec: {e}"),
+                }
+            }
+        }
+        if specs.is_empty() {
+            tracing::info!("no kernelspec found; serving the embedded python3 spec (ipykernel)");
+            specs.insert("python3".into(), KernelSpec::embedded_python3());
+        }
+        Self::from_specs(specs, default)
+    }
+
+    fn from_specs(specs: BTreeMap<String, KernelSpec>, default: Option<&str>) -> Self {
+        let default = default
+            .filter(|d| specs.contains_key(*d))
+            .map(str::to_owned)
+            .or_else(|| specs.contains_key("python3").then(|| "python3".to_owned()))
+            .or_else(|| specs.keys().next().cloned())
+            .unwrap_or_default();
+        KernelSpecs { specs, default }
+    }
+
+    /// The spec called `name`.
+    pub fn get(&self, name: &str) -> Option<&KernelSpec> {
+        self.specs.get(name)
+    }
+
+    /// The default spec's name.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// Every spec, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &KernelSpec> {
+        self.specs.values()
+    }
+}
+
+/// Jupyter's data path: `JUPYTER_PATH` entries, the user data dir, then the system dirs.
+fn data_paths(search: &SearchEnv) -> Vec<PathBuf> {
+    let mut paths = search.jupyter_path.clone();
+    if let Some(d) = &search.data_dir {
+        paths.push(d.clone());
+    } else if let Some(home) = &search.home {
+        paths.push(home.join(".local/share/jupyter"));
+    }
+    paths.push(PathBuf::from("/usr/local/share/jupyter"));
+    paths.push(PathBuf::from("/usr/share/jupyter"));
+    paths
+}
+
+/// `(name, dir)` for each `root/<name>/kernel.json`, sorted by name; a `root` that itself holds
+/// `kernel.json` counts as one spec named after it.
+fn spec_dirs(root: &Path) -> Vec<(String, PathBuf)> {
+    let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    if root.join("kernel.json").is_file() {
+        return name_of(root).map(|n| (n, root.to_path_buf())).into_iter().collect();
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = name_of(&path)?;
+            path.join("kernel.json").is_file().then_some((name, path))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn read_spec(name: &str, dir: &Path) -> Result<KernelSpec, SpecError> {
+    let file = dir.join("kernel.json");
+    let invalid = |problem: String| SpecError::Invalid {
+        path: file.display().to_string(),
+        problem,
+    };
+    let len = std::fs::metadata(&file).map_err(|e| invalid(e.to_string()))?.len();
+    if len > MAX_SPEC_BYTES {
+        return Err(invalid(format!("larger than {MAX_SPEC_BYTES} bytes")));
+    }
+    let bytes = std::fs::read(&file).map_err(|e| invalid(e.to_string()))?;
+    KernelSpec::from_json(name, Some(dir.to_path_buf()), &bytes).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill() -> Placeholders<'static> {
+        Placeholders {
+            kernel_id: "K",
+            response_address: "127.0.0.1:9",
+            public_key: "PK",
+            connection_file: "/run/kernel-K.json",
+        }
+    }
+
+    #[test]
+    fn plain_spec_is_wrapped() {
+        let spec = KernelSpec::embedded_python3();
+        assert!(!spec.runs_launcher());
+        let argv = spec.command(&fill(), Path::new("/bin/kl"));
+        assert_eq!(
+            argv,
+            [
+                "/bin/kl",
+                "--kernel-id",
+                "K",
+                "--response-address",
+                "127.0.0.1:9",
+                "--public-key",
+                "PK",
+                "--",
+                "python3",
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}"
+            ]
+        );
+    }
+
+    #[test]
+    fn eg_spec_is_filled() {
+        let doc = br#"{"argv":["kl","--RemoteProcessProxy.kernel-id","{kernel_id}",
+            "--RemoteProcessProxy.response-address","{response_address}",
+            "--RemoteProcessProxy.public-key","{public_key}",
+            "--RemoteProcessProxy.port-range","{port_range}","--","py","-f","{connection_file}",
+            "{resource_dir}/x"],"display_name":"x","language":"python"}"#;
+        let spec = KernelSpec::from_json("x", Some("/specs/x".into()), doc).unwrap();
+        assert!(spec.runs_launcher());
+        let argv = spec.command(&fill(), Path::new("/bin/kl"));
+        assert_eq!(
+            argv,
+            [
+                "kl",
+                "--RemoteProcessProxy.kernel-id",
+                "K",
+                "--RemoteProcessProxy.response-address",
+                "127.0.0.1:9",
+                "--RemoteProcessProxy.public-key",
+                "PK",
+                "--RemoteProcessProxy.port-range",
+                "0..0",
+                "--",
+                "py",
+                "-f",
+                "/run/kernel-K.json",
+                "/specs/x/x"
+            ]
+        );
+        assert_eq!(spec.spec["interrupt_mode"], "signal");
+    }
+
+    #[test]
+    fn bad_specs_are_rejected() {
+        for doc in [&b"[]"[..], br#"{"argv":[]}"#, br#"{"argv":[1]}"#, br#"{"argv":["a"],"env":{"A":1}}"#] {
+            assert!(KernelSpec::from_json("x", None, doc).is_err());
+        }
+    }
+
+    #[test]
+    fn resources_stay_inside_the_spec_dir() {
+        let base = std::env::temp_dir().join(format!("gl-spec-{}", std::process::id()));
+        let dir = base.join("kernels/k");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("kernel.json"), br#"{"argv":["a"]}"#).unwrap();
+        std::fs::write(dir.join("logo-64x64.png"), b"png").unwrap();
+        std::fs::write(base.join("secret"), b"s").unwrap();
+        let _ = std::os::unix::fs::symlink(base.join("secret"), dir.join("link"));
+        let specs = KernelSpecs::discover(&[base.join("kernels")], &SearchEnv::default(), None);
+        let spec = specs.get("k").unwrap();
+        assert!(spec.resource("logo-64x64.png").is_some());
+        for bad in ["../secret", "/etc/passwd", "link", "", "a/../../secret", "nope"] {
+            assert!(spec.resource(bad).is_none(), "{bad}");
+        }
+        let model = spec.model("/");
+        assert_eq!(model["resources"]["logo-64x64"], "/kernelspecs/k/logo-64x64.png");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
