@@ -91,8 +91,14 @@ pub fn router(state: AppState, policy: AuthPolicy) -> Router {
         .route("/kernelspecs/{name}/{*resource}", get(spec_resource))
         .route("/api/kernels", get(list_kernels).post(start_kernel))
         .route("/api/kernels/{id}", get(get_kernel).delete(delete_kernel))
-        .route("/api/kernels/{id}/interrupt", axum::routing::post(interrupt_kernel))
-        .route("/api/kernels/{id}/restart", axum::routing::post(restart_kernel))
+        .route(
+            "/api/kernels/{id}/interrupt",
+            axum::routing::post(interrupt_kernel),
+        )
+        .route(
+            "/api/kernels/{id}/restart",
+            axum::routing::post(restart_kernel),
+        )
         .route("/api/kernels/{id}/channels", get(channels))
         .route("/api/sessions", get(list_sessions).post(create_session))
         .route(
@@ -101,7 +107,10 @@ pub fn router(state: AppState, policy: AuthPolicy) -> Router {
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(Arc::new(policy), auth::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(policy),
+            auth::layer,
+        ))
 }
 
 /// Parses an optional JSON object body.
@@ -111,8 +120,12 @@ fn json_body(body: &Bytes) -> Result<Value, ApiError> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("invalid JSON in the request body: {e}"))),
+        Ok(_) => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid JSON in the request body: {e}"
+        ))),
     }
 }
 
@@ -131,22 +144,39 @@ async fn api_info() -> Response {
 
 async fn list_specs(State(st): State<AppState>) -> Response {
     let specs = st.kernels.specs();
-    let all: serde_json::Map<String, Value> = specs.iter().map(|s| (s.name.clone(), s.model("/"))).collect();
+    let all: serde_json::Map<String, Value> = specs
+        .iter()
+        .map(|s| (s.name.clone(), s.model("/")))
+        .collect();
     axum::Json(json!({"default": specs.default_name(), "kernelspecs": all})).into_response()
 }
 
 async fn get_spec(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    let spec = st
-        .kernels
-        .specs()
-        .get(&name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("Kernel spec {name} not found")))?;
+    let spec = st.kernels.specs().get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Kernel spec {name} not found"),
+        )
+    })?;
     Ok(axum::Json(spec.model("/")).into_response())
 }
 
-async fn spec_resource(State(st): State<AppState>, Path((name, resource)): Path<(String, String)>) -> ApiResult {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("No resource {resource:?} for kernelspec {name:?}"));
-    let path = st.kernels.specs().get(&name).and_then(|s| s.resource(&resource)).ok_or_else(not_found)?;
+async fn spec_resource(
+    State(st): State<AppState>,
+    Path((name, resource)): Path<(String, String)>,
+) -> ApiResult {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("No resource {resource:?} for kernelspec {name:?}"),
+        )
+    };
+    let path = st
+        .kernels
+        .specs()
+        .get(&name)
+        .and_then(|s| s.resource(&resource))
+        .ok_or_else(not_found)?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
     let mime = match path.extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
@@ -218,20 +248,37 @@ async fn channels(
 }
 
 fn session_model(st: &AppState, s: &Session) -> Value {
-    let kernel = st.kernels.get(&s.kernel_id).map(|k| k.model()).unwrap_or(Value::Null);
+    let kernel = st
+        .kernels
+        .get(&s.kernel_id)
+        .map(|k| k.model())
+        .unwrap_or(Value::Null);
     s.model(kernel)
 }
 
 async fn list_sessions(State(st): State<AppState>) -> Response {
-    let models: Vec<Value> = st.sessions.list(&st.kernels).iter().map(|s| session_model(&st, s)).collect();
+    let models: Vec<Value> = st
+        .sessions
+        .list(&st.kernels)
+        .iter()
+        .map(|s| session_model(&st, s))
+        .collect();
     axum::Json(Value::Array(models)).into_response()
 }
 
+/// `path`, `name` and `type` of a session body, each optional.
+type SessionFields = (Option<String>, Option<String>, Option<String>);
+
 /// The `path`, `name` and `type` of a session body (`notebook.path` for old clients).
-fn session_fields(body: &Value) -> Result<(Option<String>, Option<String>, Option<String>), ApiError> {
+fn session_fields(body: &Value) -> Result<SessionFields, ApiError> {
     let path = match optional_str(body, "path")? {
         Some(p) => Some(p.to_owned()),
-        None => body.get("notebook").map(|n| optional_str(n, "path")).transpose()?.flatten().map(str::to_owned),
+        None => body
+            .get("notebook")
+            .map(|n| optional_str(n, "path"))
+            .transpose()?
+            .flatten()
+            .map(str::to_owned),
     };
     let name = optional_str(body, "name")?.map(str::to_owned);
     let kind = optional_str(body, "type")?.map(str::to_owned);
@@ -255,7 +302,11 @@ async fn create_session(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let (path, name, kind) = session_fields(&body)?;
     let path = path.ok_or_else(|| ApiError::bad_request("\"path\" is required"))?;
     if let Some(existing) = st.sessions.by_path(&path, &st.kernels) {
-        return Ok((StatusCode::CREATED, axum::Json(session_model(&st, &existing))).into_response());
+        return Ok((
+            StatusCode::CREATED,
+            axum::Json(session_model(&st, &existing)),
+        )
+            .into_response());
     }
     let kernel_id = session_kernel(&st, &body).await?;
     let session = Session {
@@ -266,7 +317,11 @@ async fn create_session(State(st): State<AppState>, body: Bytes) -> ApiResult {
         kernel_id,
     };
     st.sessions.insert(session.clone());
-    let mut resp = (StatusCode::CREATED, axum::Json(session_model(&st, &session))).into_response();
+    let mut resp = (
+        StatusCode::CREATED,
+        axum::Json(session_model(&st, &session)),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/sessions/{}", session.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -278,13 +333,23 @@ fn no_session(id: &str) -> ApiError {
 }
 
 async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let s = st.sessions.get(&id, &st.kernels).ok_or_else(|| no_session(&id))?;
+    let s = st
+        .sessions
+        .get(&id, &st.kernels)
+        .ok_or_else(|| no_session(&id))?;
     Ok(axum::Json(session_model(&st, &s)).into_response())
 }
 
-async fn patch_session(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn patch_session(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let body = json_body(&body)?;
-    let mut s = st.sessions.get(&id, &st.kernels).ok_or_else(|| no_session(&id))?;
+    let mut s = st
+        .sessions
+        .get(&id, &st.kernels)
+        .ok_or_else(|| no_session(&id))?;
     let (path, name, kind) = session_fields(&body)?;
     if let Some(p) = path {
         s.path = p;
@@ -317,7 +382,10 @@ async fn patch_session(State(st): State<AppState>, Path(id): Path<String>, body:
 }
 
 async fn delete_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
-    let s = st.sessions.get(&id, &st.kernels).ok_or_else(|| no_session(&id))?;
+    let s = st
+        .sessions
+        .get(&id, &st.kernels)
+        .ok_or_else(|| no_session(&id))?;
     st.sessions.remove(&id);
     match st.kernels.shutdown(&s.kernel_id).await {
         Ok(()) | Err(KernelError::NoSuchKernel(_)) => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -33,7 +33,11 @@ pub async fn layer(State(policy): State<Arc<AuthPolicy>>, req: Request, next: Ne
         let mut r = StatusCode::NO_CONTENT.into_response();
         preflight(req.headers(), r.headers_mut(), &policy);
         r
-    } else if policy.token.as_deref().is_some_and(|t| !authorized(&req, t)) {
+    } else if policy
+        .token
+        .as_deref()
+        .is_some_and(|t| !authorized(&req, t))
+    {
         tracing::info!(method = %req.method(), path = req.uri().path(), "401: missing or wrong token");
         ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid token").into_response()
     } else {
@@ -42,12 +46,16 @@ pub async fn layer(State(policy): State<Arc<AuthPolicy>>, req: Request, next: Ne
     if let Some(allowed) = &policy.allow_origin {
         let value = if allowed == "*" {
             HeaderValue::from_static("*")
-        } else if origin.as_ref().is_some_and(|o| o.as_bytes() == allowed.as_bytes()) {
+        } else if origin
+            .as_ref()
+            .is_some_and(|o| o.as_bytes() == allowed.as_bytes())
+        {
             origin.unwrap_or(HeaderValue::from_static(""))
         } else {
             return resp;
         };
-        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        resp.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
     }
     resp
 }
@@ -74,14 +82,18 @@ fn authorized(req: &Request, token: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, value) = v.trim().split_once(' ')?;
-            (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")).then(|| value.trim())
+            (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+                .then(|| value.trim())
         });
     if from_header.is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
         return true;
     }
     Query::<HashMap<String, String>>::try_from_uri(req.uri())
         .ok()
-        .and_then(|q| q.0.get("token").map(|t| same(t.as_bytes(), token.as_bytes())))
+        .and_then(|q| {
+            q.0.get("token")
+                .map(|t| same(t.as_bytes(), token.as_bytes()))
+        })
         .unwrap_or(false)
 }
 

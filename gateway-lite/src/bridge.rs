@@ -25,7 +25,9 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::wire::WireMessage;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use zeromq::{DealerRecvHalf, DealerSendHalf, SocketRecv, SocketSend, SubSocket, ZmqMessage, ZmqResult};
+use zeromq::{
+    DealerRecvHalf, DealerSendHalf, SocketRecv, SocketSend, SubSocket, ZmqMessage, ZmqResult,
+};
 
 use crate::channels::{self, Channel, KernelEndpoints};
 use crate::kernels::{Kernel, Phase};
@@ -85,7 +87,9 @@ pub async fn serve(socket: WebSocket, kernel: Arc<Kernel>, framing: Framing, ses
                         break;
                     }
                 }
-                Err(e) => tracing::warn!(kernel_id = %reader_id, "ignored a malformed websocket message: {e}"),
+                Err(e) => {
+                    tracing::warn!(kernel_id = %reader_id, "ignored a malformed websocket message: {e}")
+                }
             }
         }
     });
@@ -114,9 +118,13 @@ struct Sockets {
 impl Sockets {
     async fn connect(ep: Arc<KernelEndpoints>) -> ZmqResult<Self> {
         let identity = uuid::Uuid::new_v4().to_string().into_bytes();
-        let (shell, shell_rx) = channels::dealer(&ep, Channel::Shell, Some(&identity)).await?.split();
+        let (shell, shell_rx) = channels::dealer(&ep, Channel::Shell, Some(&identity))
+            .await?
+            .split();
         let (control, control_rx) = channels::dealer(&ep, Channel::Control, None).await?.split();
-        let (stdin, stdin_rx) = channels::dealer(&ep, Channel::Stdin, Some(&identity)).await?.split();
+        let (stdin, stdin_rx) = channels::dealer(&ep, Channel::Stdin, Some(&identity))
+            .await?
+            .split();
         let iopub = channels::subscriber(&ep).await?;
         let mut s = Sockets {
             ep,
@@ -168,7 +176,10 @@ impl Sockets {
             Channel::Iopub => Ok(()),
         };
         if let Err(e) = r {
-            tracing::warn!(channel = cm.channel.as_str(), "sending to the kernel failed: {e}");
+            tracing::warn!(
+                channel = cm.channel.as_str(),
+                "sending to the kernel failed: {e}"
+            );
         }
     }
 
@@ -186,7 +197,11 @@ impl Sockets {
         !self.nudges.is_empty()
             && serde_json::from_slice::<Value>(&msg.parent_header)
                 .ok()
-                .and_then(|p| p.get("msg_id").and_then(Value::as_str).map(|id| self.nudges.contains(id)))
+                .and_then(|p| {
+                    p.get("msg_id")
+                        .and_then(Value::as_str)
+                        .map(|id| self.nudges.contains(id))
+                })
                 .unwrap_or(false)
     }
 }
@@ -199,7 +214,12 @@ async fn recv_any(socks: &mut Option<Sockets>) -> (Channel, ZmqResult<ZmqMessage
 }
 
 /// Moves messages both ways until the client leaves, the writer fails or the kernel is gone.
-async fn relay(kernel: &Kernel, framing: Framing, mut in_rx: mpsc::Receiver<ClientMessage>, out: &mpsc::Sender<Message>) {
+async fn relay(
+    kernel: &Kernel,
+    framing: Framing,
+    mut in_rx: mpsc::Receiver<ClientMessage>,
+    out: &mpsc::Sender<Message>,
+) {
     let mut phase_rx: watch::Receiver<Phase> = kernel.phase();
     let mut socks: Option<Sockets> = None;
     let mut generation = 0;
@@ -214,13 +234,19 @@ async fn relay(kernel: &Kernel, framing: Framing, mut in_rx: mpsc::Receiver<Clie
                     socks = None;
                     match Sockets::connect(ep).await {
                         Ok(s) => socks = Some(s),
-                        Err(e) => tracing::warn!(kernel_id = %kernel.id, "connecting to the kernel failed: {e}"),
+                        Err(e) => {
+                            tracing::warn!(kernel_id = %kernel.id, "connecting to the kernel failed: {e}")
+                        }
                     }
                 }
                 Phase::Running(_) => {}
                 Phase::Restarting | Phase::Dead => {
                     socks = None;
-                    let state = if matches!(phase, Phase::Dead) { "dead" } else { "restarting" };
+                    let state = if matches!(phase, Phase::Dead) {
+                        "dead"
+                    } else {
+                        "restarting"
+                    };
                     if !forward(out, framing, Channel::Iopub, &channels::status(state)).await {
                         return;
                     }
@@ -267,12 +293,20 @@ async fn relay(kernel: &Kernel, framing: Framing, mut in_rx: mpsc::Receiver<Clie
 }
 
 /// Queues one message for the client; false when the writer is gone.
-async fn forward(out: &mpsc::Sender<Message>, framing: Framing, channel: Channel, msg: &WireMessage) -> bool {
+async fn forward(
+    out: &mpsc::Sender<Message>,
+    framing: Framing,
+    channel: Channel,
+    msg: &WireMessage,
+) -> bool {
     let frame = match wsframe::encode(framing, channel, msg) {
         Ok(OutFrame::Text(t)) => Message::Text(t.into()),
         Ok(OutFrame::Binary(b)) => Message::Binary(b.into()),
         Err(e) => {
-            tracing::warn!(channel = channel.as_str(), "message from kernel dropped: {e}");
+            tracing::warn!(
+                channel = channel.as_str(),
+                "message from kernel dropped: {e}"
+            );
             return true;
         }
     };

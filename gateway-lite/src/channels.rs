@@ -133,12 +133,18 @@ pub fn from_zmq(m: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Wire
     let msg = match wire::split(&frames) {
         Ok(msg) => msg,
         Err(e) => {
-            tracing::warn!(channel = channel.as_str(), "malformed message from kernel dropped: {e}");
+            tracing::warn!(
+                channel = channel.as_str(),
+                "malformed message from kernel dropped: {e}"
+            );
             return None;
         }
     };
     if let Err(e) = signer.verify(&msg) {
-        tracing::warn!(channel = channel.as_str(), "message from kernel dropped: {e}");
+        tracing::warn!(
+            channel = channel.as_str(),
+            "message from kernel dropped: {e}"
+        );
         return None;
     }
     Some(msg)
@@ -209,7 +215,9 @@ pub async fn request(
     let fut = async {
         let mut sock = dealer(ep, channel, None).await?;
         let mut msg = message(msg_type, &uuid::Uuid::new_v4().to_string(), b"{}", content);
-        let sent_id = header_fields(&msg.header).map(|(_, id)| id).unwrap_or_default();
+        let sent_id = header_fields(&msg.header)
+            .map(|(_, id)| id)
+            .unwrap_or_default();
         ep.signer.sign_message(&mut msg);
         sock.send(to_zmq(&msg)).await?;
         loop {

@@ -44,7 +44,11 @@ struct Args {
     auth_token: Option<String>,
     /// Extra kernelspec directory (holding `<name>/kernel.json`); searched before the
     /// Jupyter data paths. Repeatable.
-    #[arg(long = "kernelspec-dir", env = "GATEWAY_LITE_KERNELSPEC_DIRS", value_delimiter = ':')]
+    #[arg(
+        long = "kernelspec-dir",
+        env = "GATEWAY_LITE_KERNELSPEC_DIRS",
+        value_delimiter = ':'
+    )]
     kernelspec_dirs: Vec<PathBuf>,
     /// Name of the default kernelspec (default: python3 if present, else the first by name).
     #[arg(long, env = "GATEWAY_LITE_DEFAULT_KERNEL_NAME")]
@@ -87,7 +91,11 @@ impl SearchEnv {
         let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         SearchEnv {
             jupyter_path: non_empty("JUPYTER_PATH")
-                .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+                .map(|v| {
+                    std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
             data_dir: non_empty("JUPYTER_DATA_DIR").map(PathBuf::from),
             home: non_empty("HOME").map(PathBuf::from),
@@ -146,7 +154,10 @@ impl Config {
 
     fn from_parsed(args: Args, search: SearchEnv) -> Result<Self, ConfigError> {
         let ip = parse_ip(&args.ip, "--ip (env GATEWAY_LITE_IP)")?;
-        let response_ip = parse_ip(&args.response_ip, "--response-ip (env GATEWAY_LITE_RESPONSE_IP)")?;
+        let response_ip = parse_ip(
+            &args.response_ip,
+            "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
+        )?;
         if response_ip.is_unspecified() {
             return Err(ConfigError {
                 option: "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",

@@ -88,7 +88,9 @@ pub enum KernelError {
         message: String,
     },
     /// No payload within the launch timeout.
-    #[error("KernelID: '{kernel_id}' launch timeout due to: Waited too long ({secs}s) to get connection info. {log}")]
+    #[error(
+        "KernelID: '{kernel_id}' launch timeout due to: Waited too long ({secs}s) to get connection info. {log}"
+    )]
     Timeout {
         /// The kernel id.
         kernel_id: String,
@@ -250,7 +252,11 @@ impl Kernels {
 
     /// Every kernel.
     pub fn list(&self) -> Vec<Arc<Kernel>> {
-        let mut v: Vec<_> = self.map.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<_> = self
+            .map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -265,7 +271,11 @@ impl Kernels {
     }
 
     /// Starts a kernel of spec `name` (the default when `None`) with the request's `env`.
-    pub async fn start(&self, name: Option<&str>, env: Option<&Value>) -> Result<Arc<Kernel>, KernelError> {
+    pub async fn start(
+        &self,
+        name: Option<&str>,
+        env: Option<&Value>,
+    ) -> Result<Arc<Kernel>, KernelError> {
         let name = name.unwrap_or(self.specs.default_name()).to_owned();
         let spec = self
             .specs
@@ -357,16 +367,29 @@ impl Kernels {
                 log: launched.log.text(),
             }),
         };
-        let report = match report.and_then(|r| endpoints(id, r, l.provisioner.kernel_host(), generation)) {
-            Ok(ep) => ep,
-            Err(e) => {
-                tracing::warn!(kernel_id = id, "{e}");
-                let grace = l.grace;
-                tokio::spawn(async move { terminate(&launched, None, grace).await });
-                return Err(e);
-            }
-        };
-        tracing::info!(kernel_id = id, generation, ports = ?report.info, comm_port = ?report.comm_port, "kernel started");
+        let report =
+            match report.and_then(|r| endpoints(id, r, l.provisioner.kernel_host(), generation)) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    tracing::warn!(kernel_id = id, "{e}");
+                    let grace = l.grace;
+                    tokio::spawn(async move { terminate(&launched, None, grace).await });
+                    return Err(e);
+                }
+            };
+        let i = &report.info;
+        tracing::info!(
+            kernel_id = id,
+            generation,
+            shell = i.shell_port,
+            iopub = i.iopub_port,
+            stdin = i.stdin_port,
+            control = i.control_port,
+            hb = i.hb_port,
+            comm_port = ?report.comm_port,
+            pid = ?report.pid,
+            "kernel started"
+        );
         Ok(Process {
             launched,
             endpoints: Arc::new(report),
@@ -378,7 +401,10 @@ impl Kernels {
     pub async fn interrupt(&self, id: &str) -> Result<(), KernelError> {
         let kernel = self.get(id)?;
         let guard = kernel.process.lock().await;
-        let Some(p) = guard.as_ref().filter(|_| matches!(*kernel.phase.borrow(), Phase::Running(_))) else {
+        let Some(p) = guard
+            .as_ref()
+            .filter(|_| matches!(*kernel.phase.borrow(), Phase::Running(_)))
+        else {
             return Err(KernelError::NotRunning(id.to_owned()));
         };
         let fail = |message: String| KernelError::Interrupt {
@@ -386,15 +412,29 @@ impl Kernels {
             message,
         };
         if kernel.spec.interrupt_by_message {
-            channels::request(&p.endpoints, Channel::Control, "interrupt_request", json!({}), self.launcher.grace.interrupt_reply)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            channels::request(
+                &p.endpoints,
+                Channel::Control,
+                "interrupt_request",
+                json!({}),
+                self.launcher.grace.interrupt_reply,
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
             return Ok(());
         }
         match p.endpoints.comm_port {
-            Some(port) => comm_send(&p.endpoints.host, port, CommRequest { signum: Some(2), shutdown: false }, self.launcher.grace.comm_connect)
-                .await
-                .map_err(|e| fail(format!("comm port {port}: {e}"))),
+            Some(port) => comm_send(
+                &p.endpoints.host,
+                port,
+                CommRequest {
+                    signum: Some(2),
+                    shutdown: false,
+                },
+                self.launcher.grace.comm_connect,
+            )
+            .await
+            .map_err(|e| fail(format!("comm port {port}: {e}"))),
             None => {
                 p.launched.control.signal(Signal::SIGINT);
                 Ok(())
@@ -413,12 +453,16 @@ impl Kernels {
         if let Some(old) = guard.take() {
             stop(&old, true, self.launcher.grace).await;
         }
-        let result = self.launch(id, &kernel.spec, &kernel.env, kernel.timeout, generation).await;
+        let result = self
+            .launch(id, &kernel.spec, &kernel.env, kernel.timeout, generation)
+            .await;
         kernel.stopping.store(false, Ordering::SeqCst);
         match result {
             Ok(process) => {
                 kernel.set_state("starting");
-                kernel.phase.send_replace(Phase::Running(process.endpoints.clone()));
+                kernel
+                    .phase
+                    .send_replace(Phase::Running(process.endpoints.clone()));
                 watch_process(&kernel, &process);
                 *guard = Some(process);
                 drop(guard);
@@ -466,7 +510,11 @@ pub fn kernel_env(env: Option<&Value>) -> Result<BTreeMap<String, String>, Kerne
     let obj = match env {
         None | Some(Value::Null) => return Ok(out),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(KernelError::BadEnv("\"env\" must be a JSON object of strings".into())),
+        Some(_) => {
+            return Err(KernelError::BadEnv(
+                "\"env\" must be a JSON object of strings".into(),
+            ));
+        }
     };
     for (k, v) in obj {
         if !k.starts_with("KERNEL_") {
@@ -477,33 +525,55 @@ pub fn kernel_env(env: Option<&Value>) -> Result<BTreeMap<String, String>, Kerne
             return Err(KernelError::BadEnv(format!("env {k} must be a string")));
         };
         if s.chars().count() > MAX_ENV_VALUE {
-            return Err(KernelError::BadEnv(format!("env {k} is longer than {MAX_ENV_VALUE} characters")));
+            return Err(KernelError::BadEnv(format!(
+                "env {k} is longer than {MAX_ENV_VALUE} characters"
+            )));
         }
-        if let Some(c) = s.chars().find(|c| matches!(c, '$' | '`' | '\r' | '\n' | '\0')) {
-            return Err(KernelError::BadEnv(format!("env {k} contains the forbidden character {c:?}")));
+        if let Some(c) = s
+            .chars()
+            .find(|c| matches!(c, '$' | '`' | '\r' | '\n' | '\0'))
+        {
+            return Err(KernelError::BadEnv(format!(
+                "env {k} contains the forbidden character {c:?}"
+            )));
         }
         if k.len() > 256 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(KernelError::BadEnv(format!("env name {k:?} is not a valid variable name")));
+            return Err(KernelError::BadEnv(format!(
+                "env name {k:?} is not a valid variable name"
+            )));
         }
         out.insert(k.clone(), s.to_owned());
     }
     Ok(out)
 }
 
-fn endpoints(id: &str, report: LaunchReport, host: String, generation: u64) -> Result<KernelEndpoints, KernelError> {
+fn endpoints(
+    id: &str,
+    report: LaunchReport,
+    host: String,
+    generation: u64,
+) -> Result<KernelEndpoints, KernelError> {
     let fail = |message: String| KernelError::Launch {
         kernel_id: id.to_owned(),
         message,
     };
     let info = report.connection;
     if info.transport != "tcp" {
-        return Err(fail(format!("unsupported transport {:?} in the connection info", info.transport)));
+        return Err(fail(format!(
+            "unsupported transport {:?} in the connection info",
+            info.transport
+        )));
     }
     if info.signature_scheme != "hmac-sha256" {
-        return Err(fail(format!("unsupported signature scheme {:?}", info.signature_scheme)));
+        return Err(fail(format!(
+            "unsupported signature scheme {:?}",
+            info.signature_scheme
+        )));
     }
     if info.key.is_empty() {
-        return Err(fail("the connection info has an empty key; unsigned kernels are refused".into()));
+        return Err(fail(
+            "the connection info has an empty key; unsigned kernels are refused".into(),
+        ));
     }
     Ok(KernelEndpoints {
         signer: Signer::new(info.key.as_bytes()),
@@ -524,18 +594,27 @@ fn watch_process(kernel: &Arc<Kernel>, process: &Process) {
     tokio::spawn(async move {
         let info = exit.wait_for(Option::is_some).await.ok().and_then(|e| *e);
         let Some(kernel) = weak.upgrade() else { return };
-        let current = matches!(&*kernel.phase.borrow(), Phase::Running(ep) if ep.generation == generation);
+        let current =
+            matches!(&*kernel.phase.borrow(), Phase::Running(ep) if ep.generation == generation);
         if current && !kernel.stopping.load(Ordering::SeqCst) {
             tracing::warn!(kernel_id = %kernel.id, "kernel died: launcher ended with {}", info.map(|i| i.to_string()).unwrap_or_default());
             kernel.set_state("dead");
             kernel.phase.send_replace(Phase::Dead);
         }
     });
-    tokio::spawn(monitor(Arc::downgrade(kernel), process.endpoints.clone(), kernel.phase()));
+    tokio::spawn(monitor(
+        Arc::downgrade(kernel),
+        process.endpoints.clone(),
+        kernel.phase(),
+    ));
 }
 
 /// Follows iopub `status` for the REST model while this incarnation runs.
-async fn monitor(kernel: Weak<Kernel>, ep: Arc<KernelEndpoints>, mut phase: watch::Receiver<Phase>) {
+async fn monitor(
+    kernel: Weak<Kernel>,
+    ep: Arc<KernelEndpoints>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let mut sub = match channels::subscriber(&ep).await {
         Ok(s) => s,
         Err(e) => {
@@ -583,9 +662,18 @@ async fn stop(p: &Process, restart: bool, grace: Grace) {
     }
     let wait = grace.shutdown_request;
     let asked = tokio::time::timeout(wait, async {
-        let r = channels::request(ep, Channel::Control, "shutdown_request", json!({ "restart": restart }), wait).await;
-        if let Err(e) = &r {
-            tracing::debug!("shutdown_request: {e}");
+        let request = channels::request(
+            ep,
+            Channel::Control,
+            "shutdown_request",
+            json!({ "restart": restart }),
+            wait,
+        );
+        tokio::select! {
+            r = request => if let Err(e) = r {
+                tracing::debug!("shutdown_request: {e}");
+            },
+            _ = exit.wait_for(Option::is_some) => return,
         }
         let _ = exit.wait_for(Option::is_some).await;
     })
@@ -601,7 +689,10 @@ async fn stop(p: &Process, restart: bool, grace: Grace) {
         if let Err(e) = comm_send(&ep.host, port, req, grace.comm_connect).await {
             tracing::debug!("comm port shutdown: {e}");
         }
-        if tokio::time::timeout(grace.comm_shutdown, exit.wait_for(Option::is_some)).await.is_ok() {
+        if tokio::time::timeout(grace.comm_shutdown, exit.wait_for(Option::is_some))
+            .await
+            .is_ok()
+        {
             return;
         }
     }
@@ -615,11 +706,20 @@ async fn terminate(launched: &Launched, kernel_pgid: Option<i64>, grace: Grace) 
         return;
     }
     launched.control.signal(Signal::SIGTERM);
-    if tokio::time::timeout(grace.terminate, exit.wait_for(Option::is_some)).await.is_ok() {
+    if tokio::time::timeout(grace.terminate, exit.wait_for(Option::is_some))
+        .await
+        .is_ok()
+    {
         return;
     }
-    tracing::warn!("launcher ignored SIGTERM for {:?}; killing it", grace.terminate);
-    if let Some(pgid) = kernel_pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
+    tracing::warn!(
+        "launcher ignored SIGTERM for {:?}; killing it",
+        grace.terminate
+    );
+    if let Some(pgid) = kernel_pgid
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 1)
+    {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
     }
     launched.control.signal(Signal::SIGKILL);
@@ -627,7 +727,12 @@ async fn terminate(launched: &Launched, kernel_pgid: Option<i64>, grace: Grace) 
 }
 
 /// Writes one request to a launcher's comm port and closes (no reply comes).
-async fn comm_send(host: &str, port: u16, req: CommRequest, connect: Duration) -> std::io::Result<()> {
+async fn comm_send(
+    host: &str,
+    port: u16,
+    req: CommRequest,
+    connect: Duration,
+) -> std::io::Result<()> {
     let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => tokio::net::lookup_host((host, port))
@@ -650,7 +755,10 @@ mod tests {
     #[test]
     fn env_rules() {
         assert!(kernel_env(None).unwrap().is_empty());
-        let ok = kernel_env(Some(&json!({"KERNEL_USERNAME": "a", "PATH": "x", "OTHER": 1}))).unwrap();
+        let ok = kernel_env(Some(
+            &json!({"KERNEL_USERNAME": "a", "PATH": "x", "OTHER": 1}),
+        ))
+        .unwrap();
         assert_eq!(ok.len(), 1);
         for bad in [
             json!({"KERNEL_X": "a$b"}),

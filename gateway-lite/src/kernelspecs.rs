@@ -76,7 +76,8 @@ impl KernelSpec {
         spec.entry("language").or_insert_with(|| json!(""));
         spec.entry("env").or_insert_with(|| json!({}));
         spec.entry("metadata").or_insert_with(|| json!({}));
-        spec.entry("interrupt_mode").or_insert_with(|| json!("signal"));
+        spec.entry("interrupt_mode")
+            .or_insert_with(|| json!("signal"));
         let interrupt_by_message = spec.get("interrupt_mode") == Some(&json!("message"));
         Ok(KernelSpec {
             name: name.to_owned(),
@@ -108,7 +109,11 @@ impl KernelSpec {
     /// `kernel-launcher ... --` unless the spec runs a launcher itself.
     pub fn command(&self, fill: &Placeholders<'_>, launcher: &Path) -> Vec<String> {
         if self.runs_launcher() {
-            return self.argv.iter().map(|a| fill.apply(a, self, true)).collect();
+            return self
+                .argv
+                .iter()
+                .map(|a| fill.apply(a, self, true))
+                .collect();
         }
         let mut argv = vec![
             launcher.to_string_lossy().into_owned(),
@@ -295,7 +300,10 @@ fn data_paths(search: &SearchEnv) -> Vec<PathBuf> {
 fn spec_dirs(root: &Path) -> Vec<(String, PathBuf)> {
     let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
     if root.join("kernel.json").is_file() {
-        return name_of(root).map(|n| (n, root.to_path_buf())).into_iter().collect();
+        return name_of(root)
+            .map(|n| (n, root.to_path_buf()))
+            .into_iter()
+            .collect();
     }
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
@@ -317,7 +325,9 @@ fn read_spec(name: &str, dir: &Path) -> Result<KernelSpec, SpecError> {
         path: file.display().to_string(),
         problem,
     };
-    let len = std::fs::metadata(&file).map_err(|e| invalid(e.to_string()))?.len();
+    let len = std::fs::metadata(&file)
+        .map_err(|e| invalid(e.to_string()))?
+        .len();
     if len > MAX_SPEC_BYTES {
         return Err(invalid(format!("larger than {MAX_SPEC_BYTES} bytes")));
     }
@@ -397,7 +407,12 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected() {
-        for doc in [&b"[]"[..], br#"{"argv":[]}"#, br#"{"argv":[1]}"#, br#"{"argv":["a"],"env":{"A":1}}"#] {
+        for doc in [
+            &b"[]"[..],
+            br#"{"argv":[]}"#,
+            br#"{"argv":[1]}"#,
+            br#"{"argv":["a"],"env":{"A":1}}"#,
+        ] {
             assert!(KernelSpec::from_json("x", None, doc).is_err());
         }
     }
@@ -414,11 +429,21 @@ mod tests {
         let specs = KernelSpecs::discover(&[base.join("kernels")], &SearchEnv::default(), None);
         let spec = specs.get("k").unwrap();
         assert!(spec.resource("logo-64x64.png").is_some());
-        for bad in ["../secret", "/etc/passwd", "link", "", "a/../../secret", "nope"] {
+        for bad in [
+            "../secret",
+            "/etc/passwd",
+            "link",
+            "",
+            "a/../../secret",
+            "nope",
+        ] {
             assert!(spec.resource(bad).is_none(), "{bad}");
         }
         let model = spec.model("/");
-        assert_eq!(model["resources"]["logo-64x64"], "/kernelspecs/k/logo-64x64.png");
+        assert_eq!(
+            model["resources"]["logo-64x64"],
+            "/kernelspecs/k/logo-64x64.png"
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -13,7 +13,7 @@
 //! - [`channels`]: ZeroMQ sockets and messages to a kernel.
 //! - [`wsframe`]: the two WebSocket framings of kernel messages.
 //! - [`bridge`]: one WebSocket ⇄ one set of ZeroMQ sockets.
-//! - [`sessions`]: `/api/sessions`.
+//! - [`sessions`]: the `/api/sessions` store.
 //! - [`auth`]: token check and CORS.
 //! - [`api`]: the routes.
 

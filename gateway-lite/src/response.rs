@@ -126,7 +126,11 @@ enum ResponseError {
     Unexpected(String),
 }
 
-async fn handle(stream: TcpStream, key: Arc<PrivateKey>, waiters: Waiters) -> Result<(), ResponseError> {
+async fn handle(
+    stream: TcpStream,
+    key: Arc<PrivateKey>,
+    waiters: Waiters,
+) -> Result<(), ResponseError> {
     let cap = payload::MAX_PAYLOAD_LEN;
     let mut buf = Vec::with_capacity(4096);
     let read = async {
@@ -149,7 +153,10 @@ async fn handle(stream: TcpStream, key: Arc<PrivateKey>, waiters: Waiters) -> Re
     })
     .await
     .map_err(|_| ResponseError::Join)??;
-    let waiter = waiters.lock().ok().and_then(|mut w| w.remove(&report.kernel_id));
+    let waiter = waiters
+        .lock()
+        .ok()
+        .and_then(|mut w| w.remove(&report.kernel_id));
     match waiter {
         Some(tx) => {
             let id = report.kernel_id.clone();

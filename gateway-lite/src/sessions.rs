@@ -69,13 +69,22 @@ impl Sessions {
     /// The session for `path`, if any.
     pub fn by_path(&self, path: &str, kernels: &Kernels) -> Option<Session> {
         self.prune(kernels);
-        self.map.lock().ok()?.values().find(|s| s.path == path).cloned()
+        self.map
+            .lock()
+            .ok()?
+            .values()
+            .find(|s| s.path == path)
+            .cloned()
     }
 
     /// Every session whose kernel still exists, by id.
     pub fn list(&self, kernels: &Kernels) -> Vec<Session> {
         self.prune(kernels);
-        let mut v: Vec<Session> = self.map.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<Session> = self
+            .map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }

@@ -110,7 +110,8 @@ struct LegacyIn<'a> {
 }
 
 fn decode_legacy_json(json: &[u8], buffers: Vec<Vec<u8>>) -> Result<ClientMessage, FrameError> {
-    let m: LegacyIn<'_> = serde_json::from_slice(json).map_err(|e| FrameError::Json(e.to_string()))?;
+    let m: LegacyIn<'_> =
+        serde_json::from_slice(json).map_err(|e| FrameError::Json(e.to_string()))?;
     if !m.header.get().trim_start().starts_with('{') {
         return Err(FrameError::Header);
     }
@@ -147,18 +148,24 @@ pub fn decode_binary(framing: Framing, bytes: &[u8]) -> Result<ClientMessage, Fr
         }
         Framing::V1 => {
             let parts = split_table(bytes, 8, true)?;
-            let [channel, header, parent, metadata, content, buffers @ ..] = parts.as_slice() else {
+            let [channel, header, parent, metadata, content, buffers @ ..] = parts.as_slice()
+            else {
                 return Err(FrameError::Offsets("fewer than five parts"));
             };
-            let channel = std::str::from_utf8(channel).map_err(|_| FrameError::Channel("<not UTF-8>".into()))?;
+            let channel = std::str::from_utf8(channel)
+                .map_err(|_| FrameError::Channel("<not UTF-8>".into()))?;
             let channel = channel_of(channel)?;
-            let object = |p: &[u8]| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(p).is_ok();
+            let object = |p: &[u8]| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(p).is_ok()
+            };
             if !object(header) {
                 return Err(FrameError::Header);
             }
             for part in [parent, metadata, content] {
                 if !is_json(part) {
-                    return Err(FrameError::Json("parent_header, metadata or content".into()));
+                    return Err(FrameError::Json(
+                        "parent_header, metadata or content".into(),
+                    ));
                 }
             }
             Ok(ClientMessage {
@@ -245,7 +252,8 @@ pub fn encode(framing: Framing, channel: Channel, msg: &WireMessage) -> Result<O
             Ok(OutFrame::Binary(out))
         }
         Framing::Legacy => {
-            let (msg_type, msg_id) = crate::channels::header_fields(&msg.header).unwrap_or_default();
+            let (msg_type, msg_id) =
+                crate::channels::header_fields(&msg.header).unwrap_or_default();
             let text = |buffers: bool| {
                 let mut s = String::with_capacity(msg.header.len() + msg.content.len() + 200);
                 s.push_str("{\"header\":");
@@ -321,7 +329,8 @@ mod tests {
 
     #[test]
     fn legacy_text_keeps_json_bytes() {
-        let OutFrame::Text(t) = encode(Framing::Legacy, Channel::Shell, &msg(vec![])).unwrap() else {
+        let OutFrame::Text(t) = encode(Framing::Legacy, Channel::Shell, &msg(vec![])).unwrap()
+        else {
             panic!("text expected")
         };
         assert!(t.contains(r#""b":1.50,"a":2"#), "{t}");
@@ -349,7 +358,12 @@ mod tests {
         assert!(decode_text(r#"{"header":{},"channel":"iopub"}"#).is_err());
         assert!(decode_text(r#"{"header":{},"channel":"nope"}"#).is_err());
         assert!(decode_text(r#"{"header":{},"channel":"shell"}"#).is_ok());
-        for bytes in [&b""[..], b"\xff\xff\xff\xff", b"\x00\x00\x00\x01\x00\x00\x00\x00", &[9u8; 7]] {
+        for bytes in [
+            &b""[..],
+            b"\xff\xff\xff\xff",
+            b"\x00\x00\x00\x01\x00\x00\x00\x00",
+            &[9u8; 7],
+        ] {
             assert!(decode_binary(Framing::Legacy, bytes).is_err());
             assert!(decode_binary(Framing::V1, bytes).is_err());
         }

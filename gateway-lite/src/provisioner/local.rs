@@ -132,7 +132,11 @@ async fn read_lines(mut stream: impl AsyncRead + Unpin, kernel_id: String, tail:
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n').or_else(|| (buf.len() > MAX_LINE).then_some(MAX_LINE)) {
+        while let Some(pos) = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .or_else(|| (buf.len() > MAX_LINE).then_some(MAX_LINE))
+        {
             let line: Vec<u8> = buf.drain(..=pos.min(buf.len() - 1)).collect();
             emit(&line, &kernel_id, tail.as_ref());
         }

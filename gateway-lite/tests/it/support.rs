@@ -1,0 +1,532 @@
+//! Test support: the real gateway-lite binary, the real kernel-launcher and a real ipykernel,
+//! a minimal HTTP client and a WebSocket kernel client (legacy and v1 framings).
+//!
+//! Peers are required: a missing launcher or Python fails the test with the fix, never skips.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Generous bound for anything a kernel does, only to avoid hangs.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn env_sh(key: &str) -> Option<String> {
+    let home = std::env::var("HOME").ok()?;
+    let cache = std::env::var("KL_CACHE").unwrap_or(format!("{home}/.cache/kernel-launcher"));
+    let text = std::fs::read_to_string(format!("{cache}/env.sh")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("export ")?;
+        let (k, v) = rest.split_once('=')?;
+        (k == key).then(|| v.trim_matches('"').to_owned())
+    })
+}
+
+/// The kernel-launcher binary: `$KERNEL_LAUNCHER` or target/debug/kernel-launcher.
+pub fn launcher() -> PathBuf {
+    let p = std::env::var_os("KERNEL_LAUNCHER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/kernel-launcher"));
+    assert!(
+        p.is_file(),
+        "kernel-launcher not found at {}: run `cargo build -p launcher` or set KERNEL_LAUNCHER",
+        p.display()
+    );
+    p
+}
+
+/// Python with ipykernel: `$KL_PY_KERNEL` or the one in $KL_CACHE/env.sh.
+pub fn python() -> String {
+    let p = std::env::var("KL_PY_KERNEL")
+        .ok()
+        .or_else(|| env_sh("KL_PY_KERNEL"));
+    let p = p.expect("KL_PY_KERNEL is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh");
+    assert!(
+        Path::new(&p).is_file(),
+        "KL_PY_KERNEL={p} does not exist: run scripts/setup-env.sh"
+    );
+    p
+}
+
+/// A running gateway-lite with its own kernelspec directory.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub token: Option<String>,
+    pub dir: PathBuf,
+}
+
+pub struct Options {
+    pub token: Option<&'static str>,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token: None,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+fn write_spec(root: &Path, name: &str, spec: Value) {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("kernel.json"),
+        serde_json::to_vec_pretty(&spec).unwrap(),
+    )
+    .unwrap();
+}
+
+impl Gateway {
+    pub fn start(opts: Options) -> Gateway {
+        let py = python();
+        let launcher = launcher();
+        let dir = std::env::temp_dir().join(format!("gl-it-{}", uuid::Uuid::new_v4()));
+        let specs = dir.join("specs");
+        let ipy = json!([py, "-m", "ipykernel_launcher", "-f", "{connection_file}"]);
+        write_spec(
+            &specs,
+            "py",
+            json!({"argv": ipy, "display_name": "Python (it)", "language": "python"}),
+        );
+        write_spec(
+            &specs,
+            "py_msg",
+            json!({"argv": ipy, "display_name": "Python (message interrupts)", "language": "python", "interrupt_mode": "message"}),
+        );
+        let mut eg_argv = vec![
+            json!(launcher.to_string_lossy()),
+            json!("--RemoteProcessProxy.kernel-id"),
+            json!("{kernel_id}"),
+            json!("--RemoteProcessProxy.response-address"),
+            json!("{response_address}"),
+            json!("--RemoteProcessProxy.public-key"),
+            json!("{public_key}"),
+            json!("--RemoteProcessProxy.port-range"),
+            json!("{port_range}"),
+            json!("--"),
+        ];
+        eg_argv.extend(ipy.as_array().unwrap().iter().cloned());
+        write_spec(
+            &specs,
+            "py_eg",
+            json!({"argv": eg_argv, "display_name": "EG style", "language": "python"}),
+        );
+        write_spec(
+            &specs,
+            "broken",
+            json!({"argv": ["/nonexistent/kernel-binary", "{connection_file}"], "display_name": "broken", "language": "none"}),
+        );
+        std::fs::write(specs.join("secret.txt"), b"secret").unwrap();
+        std::fs::write(specs.join("py/logo-64x64.png"), b"\x89PNG").unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway-lite"));
+        cmd.args(["--ip", "127.0.0.1", "--port", "0"])
+            .arg("--kernelspec-dir")
+            .arg(&specs)
+            .arg("--launcher")
+            .arg(&launcher)
+            .args(["--max-message-bytes", &opts.max_message_bytes.to_string()])
+            .args(["--default-kernel-name", "py"])
+            .env("JUPYTER_PATH", "")
+            .env("JUPYTER_DATA_DIR", dir.join("data"))
+            .env("GATEWAY_LITE_LOG", "info,gateway_lite=debug")
+            .env_remove("GATEWAY_LITE_AUTH_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap());
+        if let Some(t) = opts.token {
+            cmd.args(["--auth-token", t]);
+        }
+        let mut child = cmd.spawn().expect("starting gateway-lite");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "gateway did not print its address: {line:?}; log in {}",
+                    dir.display()
+                )
+            });
+        Gateway {
+            child,
+            port,
+            token: opts.token.map(str::to_owned),
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// One HTTP request; returns status, headers (lower-case names) and body.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, HashMap<String, String>, String) {
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: token {t}\r\n"))
+            .unwrap_or_default();
+        self.raw(method, path, &auth, body).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        extra_headers: &str,
+        body: Option<&str>,
+    ) -> (u16, HashMap<String, String>, String) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra_headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .expect("HTTP response in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let body = if headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t == "chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        (status, headers, body)
+    }
+
+    pub async fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, _, text) = self.http(method, path, body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Starts a kernel of `spec`; panics unless 201.
+    pub async fn start_kernel(&self, spec: &str) -> String {
+        let (status, h, body) = self
+            .http(
+                "POST",
+                "/api/kernels",
+                Some(&json!({"name": spec}).to_string()),
+            )
+            .await;
+        assert_eq!(status, 201, "start {spec}: {body}\n{}", self.log());
+        let model: Value = serde_json::from_str(&body).unwrap();
+        let id = model["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            h.get("location").map(String::as_str),
+            Some(format!("/api/kernels/{id}").as_str())
+        );
+        for key in ["name", "last_activity", "execution_state", "connections"] {
+            assert!(model.get(key).is_some(), "model lacks {key}: {model}");
+        }
+        id
+    }
+
+    pub async fn connect(&self, kernel_id: &str, v1: bool) -> KernelClient {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/kernels/{kernel_id}/channels?session_id=it",
+            self.port
+        );
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("Authorization", format!("token {t}").parse().unwrap());
+        }
+        if v1 {
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                "v1.kernel.websocket.jupyter.org".parse().unwrap(),
+            );
+        }
+        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("websocket connect in time")
+            .expect("websocket connect");
+        let chosen = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if v1 {
+            assert_eq!(chosen.as_deref(), Some("v1.kernel.websocket.jupyter.org"));
+        } else {
+            assert!(chosen.is_none());
+        }
+        KernelClient {
+            ws,
+            v1,
+            session: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("gateway log kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n.min(tail.len())]);
+        rest = tail.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// A message as the test sees it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub channel: String,
+    pub header: Value,
+    pub parent: Value,
+    pub content: Value,
+}
+
+impl Msg {
+    pub fn msg_type(&self) -> &str {
+        self.header["msg_type"].as_str().unwrap_or("")
+    }
+    pub fn parent_id(&self) -> &str {
+        self.parent["msg_id"].as_str().unwrap_or("")
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct KernelClient {
+    pub ws: Ws,
+    pub v1: bool,
+    pub session: String,
+}
+
+fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut pieces: Vec<&[u8]> = vec![channel.as_bytes()];
+    pieces.extend(parts.iter().map(Vec::as_slice));
+    let n = pieces.len() + 1;
+    let mut off = 8 * (n + 1);
+    let mut out = (n as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&(off as u64).to_le_bytes());
+    for p in &pieces {
+        off += p.len();
+        out.extend_from_slice(&(off as u64).to_le_bytes());
+    }
+    for p in pieces {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn v1_decode(b: &[u8]) -> Msg {
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let offs: Vec<usize> = (0..n)
+        .map(|i| u64::from_le_bytes(b[8 * (i + 1)..8 * (i + 2)].try_into().unwrap()) as usize)
+        .collect();
+    let part = |i: usize| &b[offs[i]..offs[i + 1]];
+    let json = |i: usize| serde_json::from_slice::<Value>(part(i)).unwrap();
+    Msg {
+        channel: String::from_utf8(part(0).to_vec()).unwrap(),
+        header: json(1),
+        parent: json(2),
+        content: json(4),
+    }
+}
+
+impl KernelClient {
+    pub async fn send(&mut self, channel: &str, msg_type: &str, content: Value) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let header = json!({"msg_id": id, "msg_type": msg_type, "username": "it", "session": self.session,
+            "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"});
+        if self.v1 {
+            let parts = vec![
+                header.to_string().into_bytes(),
+                b"{}".to_vec(),
+                b"{}".to_vec(),
+                content.to_string().into_bytes(),
+            ];
+            self.ws
+                .send(Message::Binary(v1_encode(channel, &parts).into()))
+                .await
+                .unwrap();
+        } else {
+            let m = json!({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel});
+            self.ws
+                .send(Message::Text(m.to_string().into()))
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    /// The next kernel message, or `None` when the socket closed.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("kernel message in time")?;
+            match frame {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    return Some(Msg {
+                        channel: v["channel"].as_str().unwrap().to_owned(),
+                        header: v["header"].clone(),
+                        parent: v["parent_header"].clone(),
+                        content: v["content"].clone(),
+                    });
+                }
+                Ok(Message::Binary(b)) if self.v1 => return Some(v1_decode(&b)),
+                Ok(Message::Binary(_)) => panic!("unexpected binary frame in the legacy protocol"),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Runs `code`; returns (text of execute_result/stream output, error ename, reply status).
+    pub async fn execute(&mut self, code: &str) -> Outcome {
+        let id = self
+            .send(
+                "shell",
+                "execute_request",
+                json!({"code": code, "silent": false, "store_history": true,
+            "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}),
+            )
+            .await;
+        self.collect(&id).await
+    }
+
+    pub async fn collect(&mut self, id: &str) -> Outcome {
+        let mut out = Outcome::default();
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            let m = self.recv().await.expect("socket open while executing");
+            if m.parent_id() != id {
+                continue;
+            }
+            match (m.channel.as_str(), m.msg_type()) {
+                ("shell", "execute_reply") => {
+                    replied = true;
+                    out.status = m.content["status"].as_str().unwrap_or("").to_owned();
+                }
+                ("iopub", "status") if m.content["execution_state"] == "idle" => idle = true,
+                ("iopub", "execute_result") => out
+                    .text
+                    .push_str(m.content["data"]["text/plain"].as_str().unwrap_or("")),
+                ("iopub", "stream") => out.text.push_str(m.content["text"].as_str().unwrap_or("")),
+                ("iopub", "error") => {
+                    out.ename = m.content["ename"].as_str().unwrap_or("").to_owned()
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub text: String,
+    pub ename: String,
+    pub status: String,
+}
+
+/// Pids whose environment holds `KERNEL_ID=<id>` (the launcher and the kernel).
+pub fn processes_of(kernel_id: &str) -> Vec<i32> {
+    let needle = format!("KERNEL_ID={kernel_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let is_zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            !is_zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// Waits (bounded) until no process of `kernel_id` is left.
+pub async fn wait_no_processes(kernel_id: &str) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = processes_of(kernel_id);
+        if left.is_empty() || tokio::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
