@@ -114,6 +114,22 @@ async fn v1_protocol_and_eg_style_spec() {
     );
     let out = c.execute("print('hello')").await;
     assert_eq!(out.text, "hello\n");
+
+    // stdin: the input_request comes to this client, which answers on stdin.
+    let ask = c
+        .execute_with(
+            json!({"code": "print('got', input('name? '))", "silent": false, "allow_stdin": true}),
+        )
+        .await;
+    loop {
+        let m = c.recv().await.expect("input_request");
+        if m.channel == "stdin" && m.msg_type() == "input_request" {
+            break;
+        }
+    }
+    c.send("stdin", "input_reply", json!({"value": "ada"}))
+        .await;
+    assert_eq!(c.collect(&ask).await.text, "got ada\n");
     let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
     assert_eq!(status, 204);
     assert_eq!(wait_no_processes(&id).await, Vec::<i32>::new());
@@ -221,6 +237,23 @@ async fn bad_requests() {
             "{path}: {body}"
         );
     }
+
+    // A launcher that never reports times out (KERNEL_LAUNCH_TIMEOUT from the request wins)
+    // and is killed.
+    let (status, err) = gw
+        .json(
+            "POST",
+            "/api/kernels",
+            Some(r#"{"name":"silent","env":{"KERNEL_LAUNCH_TIMEOUT":"1"}}"#),
+        )
+        .await;
+    assert_eq!(status, 500, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("launch timeout"),
+        "{err}"
+    );
+    let (_, kernels) = gw.json("GET", "/api/kernels", None).await;
+    assert_eq!(kernels, json!([]));
 
     // A launcher that cannot start its kernel fails the POST at once, with its stderr.
     let (status, err) = gw
@@ -338,4 +371,17 @@ async fn sessions() {
     let (status, _) = gw.json("GET", &format!("/api/sessions/{sid}"), None).await;
     assert_eq!(status, 404);
     assert_eq!(wait_no_processes(&kid).await, Vec::<i32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_exit_shuts_kernels_down() {
+    let gw = Gateway::start(Options::default());
+    let id = gw.start_kernel("py").await;
+    assert!(!processes_of(&id).is_empty());
+    drop(gw); // SIGTERM
+    assert_eq!(
+        wait_no_processes(&id).await,
+        Vec::<i32>::new(),
+        "kernel outlived the gateway"
+    );
 }

@@ -133,6 +133,12 @@ impl Gateway {
             "broken",
             json!({"argv": ["/nonexistent/kernel-binary", "{connection_file}"], "display_name": "broken", "language": "none"}),
         );
+        // Runs "a launcher" (it takes {response_address}) that never reports: the launch times out.
+        write_spec(
+            &specs,
+            "silent",
+            json!({"argv": ["/bin/sh", "-c", "exec sleep 120", "{response_address}"], "display_name": "silent", "language": "none"}),
+        );
         std::fs::write(specs.join("secret.txt"), b"secret").unwrap();
         std::fs::write(specs.join("py/logo-64x64.png"), b"\x89PNG").unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway-lite"));
@@ -443,6 +449,11 @@ impl KernelClient {
                 Ok(_) => continue,
             }
         }
+    }
+
+    /// Sends a request with custom content and collects its outcome.
+    pub async fn execute_with(&mut self, content: Value) -> String {
+        self.send("shell", "execute_request", content).await
     }
 
     /// Runs `code`; returns (text of execute_result/stream output, error ename, reply status).
