@@ -20,6 +20,8 @@ use tokio::sync::oneshot;
 
 /// How long one launcher may take to write its payload.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Payload connections read at the same time; more wait in the listen backlog.
+const MAX_CONCURRENT: usize = 64;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<LaunchReport>>>>;
 
@@ -90,7 +92,11 @@ impl ResponseListener {
 }
 
 async fn accept_loop(listener: TcpListener, key: Arc<PrivateKey>, waiters: Waiters) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let key = key.clone();
@@ -99,6 +105,7 @@ async fn accept_loop(listener: TcpListener, key: Arc<PrivateKey>, waiters: Waite
                     if let Err(e) = handle(stream, key, waiters).await {
                         tracing::warn!(%peer, "launch payload rejected: {e}");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
