@@ -213,11 +213,6 @@ def spark_kernelspecs(spark_session_dir, launcher, venvs, master_port) -> Path:
     return jp
 
 
-def spec_name(kind: str, ver: str, mode: str) -> str:
-    """kind: local | standalone | yarn_client | yarn_cluster"""
-    return f"spark_python_{kind}_{ver}_{mode}"
-
-
 # ----------------------------------------------------------------------------- EG server
 
 
@@ -331,4 +326,4 @@ def standalone_cluster(venvs, spark_session_dir, master_port):
     _stop(master)
 
 
-__all__ = ["klhelpers", "spec_name", "SparkVenv", "Cluster"]
+__all__ = ["klhelpers", "SparkVenv", "Cluster"]

@@ -29,6 +29,12 @@ GONE_TIMEOUT = 60
 _INTERESTING = ("java", "kernel-launcher", "ipykernel", "pyspark.daemon", "pyspark.worker", "spark-submit", "run.sh")
 
 
+def spec_name(kind: str, ver: str, mode: str) -> str:
+    """Name of an installer-made kernelspec in the test JUPYTER_PATH (see conftest.spark_kernelspecs).
+    kind: local | standalone | yarn_client | yarn_cluster; ver: 43 | 35; mode: lazy | eager | none."""
+    return f"spark_python_{kind}_{ver}_{mode}"
+
+
 def _interesting(p: Proc) -> bool:
     return any(word in p.cmdline for word in _INTERESTING)
 

@@ -8,8 +8,7 @@ kernel WebSocket. Kernels run one at a time.
 from __future__ import annotations
 
 import pytest
-from conftest import spec_name
-from sparkhelpers import SparkKernel, sleep_job_cell
+from sparkhelpers import SparkKernel, sleep_job_cell, spec_name
 
 IS_SPARK_SESSION = "import pyspark.sql; print('is SparkSession:', isinstance(spark, pyspark.sql.SparkSession))"
 
@@ -40,6 +39,10 @@ def run_scenario(k: SparkKernel, expected_master: str) -> None:
     k.track()
 
     assert k.value("spark.range(10).count()") == "10"
+    # After first use the stand-ins are the real objects.
+    res = k.execute(IS_SPARK_SESSION)
+    assert res.status == "ok" and "is SparkSession: True" in res.text, res
+    assert k.value("type(sc).__name__") == "'SparkContext'"
     assert k.value("sc.master") == repr(expected_master)
     app_name = k.value("sc.appName")
     assert k.kid in app_name, f"application name {app_name} does not contain kernel id {k.kid}"
@@ -59,13 +62,23 @@ def run_scenario(k: SparkKernel, expected_master: str) -> None:
     assert res.ename == "KeyboardInterrupt" or "cancel" in (str(res.evalue) + res.text).lower(), res
     assert k.value("spark.range(3).count()") == "3"
 
+    # A cell without a Spark job is still interrupted the usual way (KeyboardInterrupt).
+    mid = k.ch.submit("print('begin', flush=True)\nimport time\ntime.sleep(600)")
+    partial = k.ch.collect(mid, timeout=60, until_text="begin")
+    ri = k.rest.interrupt(k.kid)
+    assert ri.status_code == 204, f"interrupt: HTTP {ri.status_code}: {ri.text[:1000]}"
+    res = k.ch.collect(mid, timeout=60)
+    assert res.status == "error" and res.ename == "KeyboardInterrupt", res
+    assert k.value("spark.range(4).count()") == "4"
+
     k.delete_and_check_clean()
 
 
 @pytest.mark.parametrize("ver", ["43", "35"])
 def test_local_lazy_scenario(kernel, ver):
-    """spark_python_local (local[*]), lazy pre-warm: 1+1 during warm-up, count, master, app name
-    = kernel id, interrupt cancels the running job, DELETE leaves no JVM/launcher/kernel."""
+    """spark_python_local (local[*]), lazy pre-warm: 1+1 during warm-up, count, `spark` is a real
+    SparkSession afterwards, master, app name = kernel id, interrupt cancels the running job,
+    DELETE leaves no JVM/launcher/kernel."""
     k = kernel(spec_name("local", ver, "lazy"))
     run_scenario(k, "local[*]")
 
@@ -89,17 +102,6 @@ def test_eager_first_cell_has_spark(kernel, ver):
     # Either it waited (and said so) or Spark was ready before the first cell; both are fine.
     print(f"eager first cell waited for Spark: {waited}")
     assert k.value("spark.range(10).count()") == "10"
-    k.delete_and_check_clean()
-
-
-def test_lazy_spark_is_real_session(kernel):
-    """lazy: after first use, `spark` is a real SparkSession (the stand-in was replaced)."""
-    k = kernel(spec_name("local", "43", "lazy"))
-    assert k.value("spark.range(5).count()") == "5"
-    res = k.execute(IS_SPARK_SESSION)
-    assert res.status == "ok" and "is SparkSession: True" in res.text, res
-    res = k.execute("print(type(sc).__name__, type(sql).__name__)")
-    assert res.status == "ok" and "SparkContext" in res.text, res
     k.delete_and_check_clean()
 
 
