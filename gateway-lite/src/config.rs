@@ -133,10 +133,20 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses the process's command line and environment. `--help`/`--version` and clap's
-    /// own syntax errors exit inside (with clap's codes, 0 and 2).
+    /// Parses the process's command line and environment. `--help` and `--version` print
+    /// and exit 0 inside; every other problem, syntax included, is a [`ConfigError`].
     pub fn from_args() -> Result<Self, ConfigError> {
-        Self::from_parsed(Args::parse(), SearchEnv::from_env())
+        let args = Args::try_parse().map_err(|e| {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            ConfigError {
+                option: "command line",
+                problem: e.to_string(),
+            }
+        })?;
+        Self::from_parsed(args, SearchEnv::from_env())
     }
 
     /// Parses an explicit argv (for tests); the environment is still consulted by clap.

@@ -63,6 +63,9 @@ impl Default for Grace {
     }
 }
 
+/// How long the readiness probe waits for `kernel_info_reply`.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
 /// Longest value of a `KERNEL_*` variable.
 pub const MAX_ENV_VALUE: usize = 4096;
 
@@ -622,6 +625,32 @@ async fn monitor(
             return;
         }
     };
+    // Readiness probe: ipykernel answers shell requests once it is ready, so the reply (or
+    // the busy/idle it causes on iopub) moves the model from "starting" to "idle" even when
+    // no client is connected.
+    let probe_ep = ep.clone();
+    let probe_kernel = kernel.clone();
+    tokio::spawn(async move {
+        let r = channels::request(
+            &probe_ep,
+            Channel::Shell,
+            "kernel_info_request",
+            json!({}),
+            READY_WAIT,
+        )
+        .await;
+        match (r, probe_kernel.upgrade()) {
+            (Ok(_), Some(k)) => {
+                if let Ok(mut a) = k.activity.lock()
+                    && a.execution_state == "starting"
+                {
+                    a.execution_state = "idle".into();
+                }
+            }
+            (Err(e), _) => tracing::debug!("readiness probe: {e}"),
+            _ => {}
+        }
+    });
     loop {
         tokio::select! {
             changed = phase.changed() => {

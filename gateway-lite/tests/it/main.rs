@@ -27,6 +27,17 @@ async fn lifecycle_over_the_legacy_protocol() {
             .any(|k| k["id"] == id.as_str())
     );
 
+    // The model leaves "starting" once the kernel answers, with or without clients.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let (_, model) = gw.json("GET", &format!("/api/kernels/{id}"), None).await;
+        if model["execution_state"] == "idle" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {model}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     let mut c = gw.connect(&id, false).await;
     let out = c.execute("1+1").await;
     assert_eq!(
