@@ -3,7 +3,8 @@
 # pinned Python venvs under ~/.cache/kernel-launcher, EG's sdist, pyspark) and
 # runs every test: format and lint checks, the Rust tests (unit, property,
 # launcher integration, end-to-end), a short fuzz smoke run, and the pytest
-# suites against real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark.
+# suites against real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark and
+# Jupyter Server 2 (gateway-lite).
 #   scripts/test.sh              everything
 #   KL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
 set -euo pipefail
@@ -41,3 +42,7 @@ fi
 
 step "real peers: EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark"
 "$KL_PY_EG" -m pytest -p no:cacheprovider -v tests/eg tests/spark
+
+step "real peers: Jupyter Server 2 with --gateway-url at gateway-lite"
+cargo build --locked -p gateway-lite
+"$KL_PY_GP" -m pytest -p no:cacheprovider -v tests/gateway
