@@ -41,9 +41,17 @@ def _kernel_launcher_spark():
     import warnings
 
     def log(message):
+        # ipykernel 7 captures fd 2, so whatever is written here shows in the
+        # cell running at that moment: only log what that cell's user wants
+        # to see (start-up happens before any cell; interrupts are theirs).
         stream = sys.__stderr__
         if stream is not None:
             print(f"[kernel-launcher spark] {message}", file=stream, flush=True)
+
+    def describe(error):
+        """The error's type and its first lines (a Py4JJavaError's Java cause is on line 2)."""
+        lines = [line.strip(" \t:") for line in str(error).splitlines() if line.strip(" \t:")]
+        return f"{type(error).__name__}: {' '.join(lines[:2])}" if lines else repr(error)
 
     mode = os.environ.get("KERNEL_LAUNCHER_SPARK_INIT", "lazy")
     try:
@@ -77,7 +85,7 @@ def _kernel_launcher_spark():
             if "error" in state:
                 cause = state["error"]
                 raise RuntimeError(
-                    f"Spark failed to start, so `{self._kl_name}` is not available: {cause!r}"
+                    f"Spark failed to start, so `{self._kl_name}` is not available: {describe(cause)}"
                 ) from cause
             return state["real"][self._kl_name]
 
@@ -100,7 +108,7 @@ def _kernel_launcher_spark():
             if "real" in state:
                 return repr(state["real"][self._kl_name])
             if "error" in state:
-                return f"<{self._kl_name}: Spark failed to start: {state['error']!r}>"
+                return f"<{self._kl_name}: Spark failed to start: {describe(state['error'])}>"
             return f"<{self._kl_name}: Spark is starting in the background; using it waits until it is ready>"
 
     def build():
@@ -128,16 +136,15 @@ def _kernel_launcher_spark():
                 "sqlCtx": sql_context,
             }
             atexit.register(session.stop)
-            log(f"Spark is ready: application {context.applicationId}, master {context.master}")
         except BaseException as e:  # noqa: BLE001 - every failure must reach the stand-ins
             state["error"] = e
-            log(f"Spark failed to start: {e!r}")
         finally:
-            ready.set()
+            # Swap the names first, so a cell released by `ready` sees the real objects.
             if "real" in state:
                 for name in names:
                     if isinstance(namespace.get(name), Pending):
                         namespace[name] = state["real"][name]
+            ready.set()
 
     def active_jobs_cancelled():
         """Cancels running jobs from this (non-main) thread; True if there were any."""
