@@ -61,24 +61,8 @@ ensure_apt() {
 ensure_apt
 
 # ---------------------------------------------------------------- virtualenvs
-base_py_version="$("$KL_PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-
-ensure_venv() {
-    local name="$1" req="$2"
-    local venv="$KL_CACHE/venv-$name"
-    local want
-    want="$( { sha256sum "$req" | cut -d' ' -f1; echo "$base_py_version"; } | sha256sum | cut -d' ' -f1)"
-    if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.kl-requirements-hash" 2>/dev/null)" = "$want" ]; then
-        log "venv-$name: up to date"
-        return
-    fi
-    log "venv-$name: (re)creating from ${req#"$repo_root"/}"
-    rm -rf "$venv"
-    "$KL_PYTHON" -m venv "$venv"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q --no-input -r "$req"
-    "$venv/bin/python" -m pip check >&2 || log "venv-$name: pip check reported conflicts (pins are what was resolved and tested)"
-    echo "$want" >"$venv/.kl-requirements-hash"
-}
+# shellcheck source=scripts/lib/venv.sh
+source "$repo_root/scripts/lib/venv.sh"
 ensure_venv kernel "$req_dir/kernel.txt"
 ensure_venv eg "$req_dir/eg.txt"
 ensure_venv gp "$req_dir/gp.txt"

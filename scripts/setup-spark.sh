@@ -65,24 +65,8 @@ resolve() {
     rm -rf "$tmp"
 }
 
-base_py_version="$("$KL_PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-
-ensure_venv() {
-    local name="$1" req="$req_dir/$1.txt"
-    local venv="$KL_CACHE/venv-$name"
-    local want
-    want="$( { sha256sum "$req" | cut -d' ' -f1; echo "$base_py_version"; } | sha256sum | cut -d' ' -f1)"
-    if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.kl-requirements-hash" 2>/dev/null)" = "$want" ]; then
-        log "venv-$name: up to date"
-        return
-    fi
-    log "venv-$name: (re)creating from ${req#"$repo_root"/}"
-    rm -rf "$venv"
-    "$KL_PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q -r "$req"
-    "$venv/bin/python" -m pip check >&2 || log "venv-$name: pip check reported conflicts (pins are what was resolved and tested)"
-    echo "$want" >"$venv/.kl-requirements-hash"
-}
+# shellcheck source=scripts/lib/venv.sh
+source "$repo_root/scripts/lib/venv.sh"
 
 spark_home_of() {
     "$1" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
@@ -102,7 +86,7 @@ check_spark() {
 
 for name in spark43 spark35; do
     resolve "$name"
-    ensure_venv "$name"
+    ensure_venv "$name" "$req_dir/$name.txt"
     check_spark "$name"
 done
 
