@@ -129,12 +129,18 @@ def kernel_processes(kernel_id: str) -> set[Proc]:
     for pid in _all_pids():
         if pid != me and kernel_id in _cmdline(pid) and "pytest" not in _cmdline(pid):
             roots.add(pid)
+    return descendants(roots, include_roots=True)
+
+
+def descendants(roots, include_roots: bool = False) -> set[Proc]:
+    """Live descendants of `roots` (and the roots themselves with include_roots)."""
     children: dict[int, list[int]] = {}
     for pid in _all_pids():
         st = _stat(pid)
         if st:
             children.setdefault(st[0], []).append(pid)
-    result, stack = set(), list(roots)
+    result: set[Proc] = set()
+    stack = list(roots) if include_roots else [c for r in roots for c in children.get(r, [])]
     while stack:
         pid = stack.pop()
         p = proc_of(pid)

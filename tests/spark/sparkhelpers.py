@@ -10,9 +10,8 @@ import time
 from klhelpers import (
     ExecResult,
     Proc,
-    _all_pids,
-    _stat,
     describe,
+    descendants,
     kernel_processes,
     pids_with_env,
     proc_of,
@@ -37,24 +36,6 @@ def spec_name(kind: str, ver: str, mode: str) -> str:
 
 def _interesting(p: Proc) -> bool:
     return any(word in p.cmdline for word in _INTERESTING)
-
-
-def descendants(roots: set[int]) -> set[Proc]:
-    children: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        st = _stat(pid)
-        if st:
-            children.setdefault(st[0], []).append(pid)
-    out: set[Proc] = set()
-    stack = [c for r in roots for c in children.get(r, [])]
-    while stack:
-        pid = stack.pop()
-        p = proc_of(pid)
-        if p is None or p in out:
-            continue
-        out.add(p)
-        stack.extend(children.get(pid, []))
-    return out
 
 
 def spark_processes(server, cluster=None) -> set[Proc]:
