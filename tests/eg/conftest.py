@@ -337,6 +337,18 @@ def _base_env(sd: Path, jupyter_path: list[Path], marker: str) -> dict[str, str]
     return env
 
 
+def eg_command(eg_python: str, port: int) -> list[str]:
+    """EG 3.3.0 on 127.0.0.1:port, launching DistributedProcessProxy kernels on this host."""
+    return [
+        str(Path(eg_python).parent / "jupyter-enterprisegateway"),
+        "--EnterpriseGatewayApp.ip=127.0.0.1",
+        f"--EnterpriseGatewayApp.port={port}",
+        "--EnterpriseGatewayApp.port_retries=0",
+        "--EnterpriseGatewayApp.remote_hosts=localhost",
+        "--log-level=DEBUG",
+    ]
+
+
 @pytest.fixture(scope="session")
 def eg_server(paths, specs, session_dir) -> Server:
     """Jupyter Enterprise Gateway 3.3.0 on 127.0.0.1, DistributedProcessProxy launching on localhost.
@@ -365,16 +377,7 @@ def eg_server(paths, specs, session_dir) -> Server:
             "EG_INHERITED_ENVS": "KL_E2E_SERVER",
         }
     )
-    eg_bin = str(Path(paths.py_eg).parent / "jupyter-enterprisegateway")
-    cmd = [
-        eg_bin,
-        "--EnterpriseGatewayApp.ip=127.0.0.1",
-        f"--EnterpriseGatewayApp.port={port}",
-        "--EnterpriseGatewayApp.port_retries=0",
-        "--EnterpriseGatewayApp.remote_hosts=localhost",
-        "--log-level=DEBUG",
-    ]
-    server = _start_server("eg", cmd, env, base_url, None, sd / "eg.log", klog, specs)
+    server = _start_server("eg", eg_command(paths.py_eg, port), env, base_url, None, sd / "eg.log", klog, specs)
     yield server
     _stop_server(server)
 

@@ -224,16 +224,7 @@ def spark_eg(spark_session_dir, spark_kernelspecs, eg_python):
             "EG_INHERITED_ENVS": "KL_E2E_SERVER,SPARK_LOCAL_IP",
         }
     )
-    eg_bin = str(Path(eg_python).parent / "jupyter-enterprisegateway")
-    cmd = [
-        eg_bin,
-        "--EnterpriseGatewayApp.ip=127.0.0.1",
-        f"--EnterpriseGatewayApp.port={port}",
-        "--EnterpriseGatewayApp.port_retries=0",
-        "--EnterpriseGatewayApp.remote_hosts=localhost",
-        "--log-level=DEBUG",
-    ]
-    server = egc._start_server("eg", cmd, env, base_url, None, sd / "eg.log", klog, {})
+    server = egc._start_server("eg", egc.eg_command(eg_python, port), env, base_url, None, sd / "eg.log", klog, {})
     yield server
     egc._stop_server(server)
 

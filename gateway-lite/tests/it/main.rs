@@ -50,19 +50,7 @@ async fn lifecycle_over_the_legacy_protocol() {
 
     // Interrupt a long sleep.
     c.execute("x = 5").await;
-    let sleep_id = c
-        .send(
-            "shell",
-            "execute_request",
-            json!({"code": "import time; time.sleep(60)", "silent": false}),
-        )
-        .await;
-    loop {
-        let m = c.recv().await.expect("busy status");
-        if m.parent_id() == sleep_id && m.msg_type() == "execute_input" {
-            break;
-        }
-    }
+    let sleep_id = c.start_sleep().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, _, body) = gw
         .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
@@ -151,19 +139,7 @@ async fn message_interrupts() {
     let gw = Gateway::start(Options::default());
     let id = gw.start_kernel("py_msg").await;
     let mut c = gw.connect(&id, false).await;
-    let sleep_id = c
-        .send(
-            "shell",
-            "execute_request",
-            json!({"code": "import time; time.sleep(60)", "silent": false}),
-        )
-        .await;
-    loop {
-        let m = c.recv().await.expect("message");
-        if m.parent_id() == sleep_id && m.msg_type() == "execute_input" {
-            break;
-        }
-    }
+    let sleep_id = c.start_sleep().await;
     let (status, _, body) = gw
         .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
         .await;

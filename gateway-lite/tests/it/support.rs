@@ -451,6 +451,23 @@ impl KernelClient {
         }
     }
 
+    /// Starts `time.sleep(60)` and returns its request id once the kernel runs it.
+    pub async fn start_sleep(&mut self) -> String {
+        let id = self
+            .send(
+                "shell",
+                "execute_request",
+                json!({"code": "import time; time.sleep(60)", "silent": false}),
+            )
+            .await;
+        loop {
+            let m = self.recv().await.expect("the sleep cell starts");
+            if m.parent_id() == id && m.msg_type() == "execute_input" {
+                return id;
+            }
+        }
+    }
+
     /// Sends a request with custom content and collects its outcome.
     pub async fn execute_with(&mut self, content: Value) -> String {
         self.send("shell", "execute_request", content).await
