@@ -25,7 +25,7 @@ from Cryptodome.Cipher import AES, PKCS1_v1_5
 from Cryptodome.PublicKey import RSA
 from Cryptodome.Util.Padding import unpad
 
-from klhelpers import free_port, kernel_processes, proc_of, wait_gone, describe
+from klhelpers import describe, free_port, kernel_processes, kill_tree, proc_of, wait_gone
 
 HERE = Path(__file__).resolve().parent
 PORT_FIELDS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -42,20 +42,6 @@ def _comm_send(port: int, obj: dict) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(json.dumps(obj).encode())
         s.shutdown(socket.SHUT_WR)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.mark.parametrize("which", ["eg_own", "ours_ipykernel", "ours_sleep"])
@@ -136,13 +122,13 @@ def test_payload_decrypted_by_eg_response_manager(request, paths, which, tmp_pat
         assert not survivors, f"left behind: {describe(survivors)}"
     finally:
         if launcher_proc is not None:
-            _stop_group(launcher_proc)
+            kill_tree(launcher_proc)
             for p in kernel_processes(kid):
                 try:
                     os.kill(p.pid, signal.SIGKILL)
                 except OSError:
                     pass
-        _stop_group(recv)
+        kill_tree(recv)
 
 
 def test_capture_eg_payload_script(paths, tmp_path):
