@@ -1,11 +1,13 @@
 //! The launch sequence, from a validated [`Config`] to the exit code.
 //!
 //! Order matters for speed and correctness: ports are reserved and the
-//! connection file written first; the kernel is spawned (its ports released
-//! only then); the comm port starts serving; and the payload, which carries the
-//! kernel's pid, is delivered on its own thread so signals and comm requests
-//! are handled while the gateway is still being reached. The launcher is never
-//! in the kernel's message path, so after this it only supervises.
+//! connection file written first; the kernel is spawned (the launcher keeps
+//! holding its ports, which the kernel's SO_REUSEADDR binds share, until it
+//! exits: see `ports`); the comm port starts serving; and the payload, which
+//! carries the kernel's pid, is delivered on its own thread so signals and
+//! comm requests are handled while the gateway is still being reached. The
+//! launcher is never in the kernel's message path, so after this it only
+//! supervises.
 
 use std::sync::mpsc;
 
@@ -55,7 +57,7 @@ pub fn run(config: Config) -> i32 {
     }
     become_subreaper();
 
-    let mut reservation = match ports::reserve(config.ip, config.port_range, config.port_retries) {
+    let reservation = match ports::reserve(config.ip, config.port_range, config.port_retries) {
         Ok(r) => r,
         Err(e) => {
             log::error!("{e}");
@@ -127,9 +129,14 @@ pub fn run(config: Config) -> i32 {
             return e.exit_code();
         }
     };
-    reservation.release_kernel_ports();
     let comm_port = reservation.comm_port();
-    let comm = match CommPort::serve(reservation.comm, tx.clone()) {
+    // The kernel ports stay held until the launcher exits, so no concurrent
+    // launch is handed one while the kernel is still binding them.
+    let ports::Reservation {
+        kernel: held_kernel_ports,
+        comm,
+    } = reservation;
+    let comm = match CommPort::serve(comm, tx.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
             log::error!("cannot serve the comm port: {e}");
@@ -191,6 +198,7 @@ pub fn run(config: Config) -> i32 {
     drop(tx);
 
     let code = Supervisor::new(kernel, comm, config.grace, config.exit_with_parent).run(&rx);
+    drop(held_kernel_ports);
     connfile.remove();
     spark.remove();
     log::info!("kernel-launcher exiting with code {code}");

@@ -8,4 +8,5 @@ mod comm;
 mod kernels;
 mod lifecycle;
 mod pid1;
+mod ports;
 mod support;
