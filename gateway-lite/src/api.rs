@@ -70,6 +70,7 @@ impl From<KernelError> for ApiError {
             KernelError::NoSuchSpec(_) | KernelError::NoSuchKernel(_) => StatusCode::NOT_FOUND,
             KernelError::BadEnv(_) => StatusCode::BAD_REQUEST,
             KernelError::NotRunning(_) => StatusCode::CONFLICT,
+            KernelError::Limit(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -100,6 +101,7 @@ pub fn router(state: AppState, policy: AuthPolicy) -> Router {
             axum::routing::post(restart_kernel),
         )
         .route("/api/kernels/{id}/channels", get(channels))
+        .route("/metrics", get(metrics))
         .route("/api/sessions", get(list_sessions).post(create_session))
         .route(
             "/api/sessions/{id}",
@@ -187,6 +189,18 @@ async fn spec_resource(
         _ => "application/octet-stream",
     };
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.kernels.metrics.render(&st.kernels.list());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn list_kernels(State(st): State<AppState>) -> Response {

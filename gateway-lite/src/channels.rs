@@ -90,6 +90,27 @@ impl KernelEndpoints {
     }
 }
 
+/// How often [`wait_listening`] tries the kernel's shell port.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Waits (at most the connect timeout) until the kernel's shell port accepts TCP
+/// connections. The payload arrives before the kernel has bound its ports (the launcher
+/// reports them first), and the zeromq crate's own connect retries back off exponentially
+/// (50 ms, 100 ms, 200 ms, ...), which would add up to a second to a client's first reply;
+/// a plain TCP probe every 20 ms finds the port as soon as it is bound. libzmq closes the
+/// probe's connection without complaint when no ZMTP greeting follows.
+pub async fn wait_listening(ep: &KernelEndpoints) {
+    let target = (ep.host.as_str(), ep.info.shell_port);
+    let give_up = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    while tokio::time::Instant::now() < give_up {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target));
+        if let Ok(Ok(_probe)) = attempt.await {
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
 fn options(identity: Option<&[u8]>) -> SocketOptions {
     let mut o = SocketOptions::default();
     o.connect_timeout(CONNECT_TIMEOUT);

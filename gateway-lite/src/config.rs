@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::kernels::{Cull, Policy};
+
 /// Exit code for configuration errors (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -30,7 +32,10 @@ pub struct ConfigError {
 #[command(
     name = "gateway-lite",
     version,
-    about = "A small Jupyter Kernel Gateway that starts kernels through kernel-launcher"
+    about = "A small Jupyter Kernel Gateway that starts kernels through kernel-launcher",
+    after_help = "Exit codes: 0 after SIGTERM/SIGINT; 64 a configuration error (the message names the \
+option and the fix); 71 the async runtime could not start; 1 a failure while starting or serving \
+(address in use, state directory locked by another gateway, ...), with the cause on stderr."
 )]
 struct Args {
     /// Address to listen on.
@@ -63,6 +68,71 @@ struct Args {
     /// Value of `Access-Control-Allow-Origin` (`*` or one origin). Absent: no CORS headers.
     #[arg(long, env = "GATEWAY_LITE_ALLOW_ORIGIN")]
     allow_origin: Option<String>,
+    /// Remote hosts for `DistributedProcessProxy` kernelspecs: ssh destinations (`host`,
+    /// `user@host`, an ssh config alias), comma-separated. `EG_REMOTE_HOSTS` is read too.
+    /// Launchers there report to --response-ip, so give one the hosts can reach.
+    #[arg(long, env = "GATEWAY_LITE_REMOTE_HOSTS")]
+    remote_hosts: Option<String>,
+    /// Enterprise Gateway's spelling of --remote-hosts.
+    #[arg(
+        long = "EnterpriseGatewayApp.remote_hosts",
+        env = "EG_REMOTE_HOSTS",
+        hide = true
+    )]
+    eg_remote_hosts: Option<String>,
+    /// ssh client configuration for remote hosts (`ssh -F FILE`). Default: ~/.ssh/config.
+    #[arg(long, env = "GATEWAY_LITE_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
+    /// User on the remote hosts (`ssh -l USER`). Default: ssh's choice.
+    #[arg(long, env = "GATEWAY_LITE_SSH_USER")]
+    ssh_user: Option<String>,
+    /// How a remote host is chosen: round-robin, or least-connection (fewest live kernels).
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_LOAD_BALANCING",
+        default_value = "round-robin"
+    )]
+    load_balancing: String,
+    /// Seconds ssh may take to connect to a remote host (whole seconds).
+    #[arg(long, env = "GATEWAY_LITE_SSH_CONNECT_TIMEOUT", default_value = "10")]
+    ssh_connect_timeout: String,
+    /// Directory on the remote hosts for launcher logs and pid files.
+    #[arg(long, env = "GATEWAY_LITE_REMOTE_LOG_DIR", default_value = "/tmp")]
+    remote_log_dir: String,
+    /// Docker network kernel containers join (`DockerProcessProxy` and
+    /// `DockerSwarmProcessProxy` kernelspecs). `EG_DOCKER_NETWORK` is read too. Containers
+    /// report to --response-ip, so give one they can reach, e.g. this network's gateway
+    /// address on the host (`docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' NET`).
+    #[arg(long, env = "GATEWAY_LITE_DOCKER_NETWORK")]
+    docker_network: Option<String>,
+    /// Enterprise Gateway's spelling of --docker-network.
+    #[arg(long = "eg-docker-network", env = "EG_DOCKER_NETWORK", hide = true)]
+    eg_docker_network: Option<String>,
+    /// Kernel image for Docker kernelspecs without `metadata.process_proxy.config.image_name`
+    /// (a request's `KERNEL_IMAGE` wins over both). `EG_KERNEL_IMAGE` is read too.
+    #[arg(long, env = "GATEWAY_LITE_DOCKER_IMAGE")]
+    docker_image: Option<String>,
+    /// Enterprise Gateway's spelling of --docker-image.
+    #[arg(long = "eg-kernel-image", env = "EG_KERNEL_IMAGE", hide = true)]
+    eg_kernel_image: Option<String>,
+    /// Kernel containers are named PREFIX-<kernel id>.
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_DOCKER_NAME_PREFIX",
+        default_value = "gateway-lite"
+    )]
+    docker_name_prefix: String,
+    /// Extra label KEY=VALUE on every kernel container (besides kernel_id, component=kernel
+    /// and app=gateway-lite). Repeatable; comma-separated in the environment variable.
+    #[arg(
+        long = "docker-label",
+        env = "GATEWAY_LITE_DOCKER_LABELS",
+        value_delimiter = ','
+    )]
+    docker_labels: Vec<String>,
+    /// The docker CLI used to run kernel containers.
+    #[arg(long = "docker", env = "GATEWAY_LITE_DOCKER", default_value = "docker")]
+    docker_cli: String,
     /// Address the response listener binds and launchers are told to report to.
     #[arg(long, env = "GATEWAY_LITE_RESPONSE_IP", default_value = "127.0.0.1")]
     response_ip: String,
@@ -72,6 +142,43 @@ struct Args {
     /// Largest WebSocket message accepted from a client, in bytes.
     #[arg(long, env = "GATEWAY_LITE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Directory where running kernels are recorded, so a restarted gateway re-attaches to
+    /// them (and launchers' logs are kept). Default: $XDG_STATE_HOME/gateway-lite/port-PORT
+    /// (~/.local/state/...), or none with --port 0.
+    #[arg(long, env = "GATEWAY_LITE_STATE_DIR", conflicts_with = "no_state_dir")]
+    state_dir: Option<PathBuf>,
+    /// Do not record kernels: they end with the gateway.
+    #[arg(long, env = "GATEWAY_LITE_NO_STATE_DIR")]
+    no_state_dir: bool,
+    /// Shut every kernel down when the gateway exits (SIGTERM/SIGINT). Without it, kernels
+    /// keep running for the next gateway when a state directory is in use.
+    #[arg(long, env = "GATEWAY_LITE_SHUTDOWN_KERNELS_ON_EXIT")]
+    shutdown_kernels_on_exit: bool,
+    /// Most kernels at once (EG's max_kernels). Absent: no limit.
+    #[arg(long, env = "GATEWAY_LITE_MAX_KERNELS")]
+    max_kernels: Option<usize>,
+    /// Most kernels at once per KERNEL_USERNAME (EG's max_kernels_per_user). Absent or -1: no limit.
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_MAX_KERNELS_PER_USER",
+        allow_negative_numbers = true
+    )]
+    max_kernels_per_user: Option<i64>,
+    /// Consecutive automatic restarts of a kernel that died; 0 turns automatic restart off.
+    #[arg(long, env = "GATEWAY_LITE_RESTART_LIMIT", default_value_t = 5)]
+    restart_limit: u32,
+    /// Seconds of inactivity after which a kernel is shut down (Jupyter's cull_idle_timeout); 0: never.
+    #[arg(long, env = "GATEWAY_LITE_CULL_IDLE_TIMEOUT", default_value = "0")]
+    cull_idle_timeout: String,
+    /// Seconds between idle checks (Jupyter's cull_interval).
+    #[arg(long, env = "GATEWAY_LITE_CULL_INTERVAL", default_value = "300")]
+    cull_interval: String,
+    /// Cull kernels with open WebSocket connections too (Jupyter's cull_connected).
+    #[arg(long, env = "GATEWAY_LITE_CULL_CONNECTED")]
+    cull_connected: bool,
+    /// Cull busy kernels too (Jupyter's cull_busy).
+    #[arg(long, env = "GATEWAY_LITE_CULL_BUSY")]
+    cull_busy: bool,
 }
 
 /// Where the Jupyter data paths come from: the environment at start-up, captured once.
@@ -83,6 +190,8 @@ pub struct SearchEnv {
     pub data_dir: Option<PathBuf>,
     /// `HOME` (never looked up through the password database).
     pub home: Option<PathBuf>,
+    /// `XDG_STATE_HOME`, for the default state directory.
+    pub state_home: Option<PathBuf>,
 }
 
 impl SearchEnv {
@@ -99,6 +208,7 @@ impl SearchEnv {
                 .unwrap_or_default(),
             data_dir: non_empty("JUPYTER_DATA_DIR").map(PathBuf::from),
             home: non_empty("HOME").map(PathBuf::from),
+            state_home: non_empty("XDG_STATE_HOME").map(PathBuf::from),
         }
     }
 }
@@ -122,6 +232,10 @@ pub struct Config {
     pub launcher: PathBuf,
     /// Default launch timeout.
     pub launch_timeout: Duration,
+    /// The SSH provisioner's settings.
+    pub ssh: crate::provisioner::ssh::Settings,
+    /// The Docker provisioner's settings.
+    pub docker: crate::provisioner::docker::DockerConfig,
     /// `Access-Control-Allow-Origin`.
     pub allow_origin: Option<String>,
     /// Response listener address.
@@ -130,6 +244,12 @@ pub struct Config {
     pub kernel_ip: IpAddr,
     /// WebSocket message size limit.
     pub max_message_bytes: usize,
+    /// Where kernels are recorded; `None`: no persistence.
+    pub state_dir: Option<PathBuf>,
+    /// Shut kernels down at exit.
+    pub shutdown_kernels_on_exit: bool,
+    /// Limits, restarts and culling.
+    pub policy: Policy,
 }
 
 impl Config {
@@ -177,6 +297,8 @@ impl Config {
             });
         }
         let kernel_ip = parse_ip(&args.kernel_ip, "--kernel-ip (env GATEWAY_LITE_KERNEL_IP)")?;
+        let ssh = ssh_settings(&args)?;
+        let docker = docker_settings(&args)?;
         let launch_timeout = parse_secs(&args.launch_timeout).ok_or_else(|| ConfigError {
             option: "--launch-timeout (env GATEWAY_LITE_LAUNCH_TIMEOUT)",
             problem: format!(
@@ -201,6 +323,71 @@ impl Config {
                 problem: format!("{} is too small; use at least 1024", args.max_message_bytes),
             });
         }
+        let secs_or_zero =
+            |text: &str, option: &'static str| -> Result<Option<Duration>, ConfigError> {
+                if text.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+                    return Ok(None);
+                }
+                parse_secs(text).map(Some).ok_or_else(|| ConfigError {
+                    option,
+                    problem: format!(
+                        "{text:?} is not a number of seconds; use e.g. 3600, or 0 to turn it off"
+                    ),
+                })
+            };
+        let cull_idle = secs_or_zero(
+            &args.cull_idle_timeout,
+            "--cull-idle-timeout (env GATEWAY_LITE_CULL_IDLE_TIMEOUT)",
+        )?;
+        let cull_interval = parse_secs(&args.cull_interval).ok_or_else(|| ConfigError {
+            option: "--cull-interval (env GATEWAY_LITE_CULL_INTERVAL)",
+            problem: format!(
+                "{:?} is not a positive number of seconds; use e.g. 300",
+                args.cull_interval
+            ),
+        })?;
+        if args.max_kernels == Some(0) {
+            return Err(ConfigError {
+                option: "--max-kernels (env GATEWAY_LITE_MAX_KERNELS)",
+                problem:
+                    "0 would refuse every kernel; give at least 1, or leave it out for no limit"
+                        .into(),
+            });
+        }
+        let max_kernels_per_user = match args.max_kernels_per_user {
+            None | Some(-1) => None,
+            Some(n) if n >= 1 => usize::try_from(n).ok(),
+            Some(n) => {
+                return Err(ConfigError {
+                    option: "--max-kernels-per-user (env GATEWAY_LITE_MAX_KERNELS_PER_USER)",
+                    problem: format!("{n} is not a limit; give at least 1, or -1 for no limit"),
+                });
+            }
+        };
+        let state_dir = match args.state_dir {
+            _ if args.no_state_dir => None,
+            Some(dir) => Some(dir),
+            None if args.port == 0 => None,
+            None => {
+                let base = search
+                    .state_home
+                    .clone()
+                    .or_else(|| search.home.as_ref().map(|h| h.join(".local/state")));
+                // Without XDG_STATE_HOME or HOME there is no per-user default: no persistence.
+                base.map(|b| b.join("gateway-lite").join(format!("port-{}", args.port)))
+            }
+        };
+        let policy = Policy {
+            max_kernels: args.max_kernels,
+            max_kernels_per_user,
+            restart_limit: args.restart_limit,
+            cull: cull_idle.map(|idle_timeout| Cull {
+                idle_timeout,
+                interval: cull_interval,
+                connected: args.cull_connected,
+                busy: args.cull_busy,
+            }),
+        };
         let launcher = match args.launcher {
             Some(path) => {
                 if !path.is_file() {
@@ -224,6 +411,8 @@ impl Config {
             port: args.port,
             auth_token: args.auth_token.filter(|t| !t.is_empty()),
             kernelspec_dirs: args.kernelspec_dirs,
+            ssh,
+            docker,
             search,
             default_kernel_name: args.default_kernel_name.filter(|n| !n.is_empty()),
             launcher,
@@ -232,6 +421,9 @@ impl Config {
             response_ip,
             kernel_ip,
             max_message_bytes: args.max_message_bytes,
+            state_dir,
+            shutdown_kernels_on_exit: args.shutdown_kernels_on_exit,
+            policy,
         })
     }
 }
@@ -251,6 +443,147 @@ pub fn parse_secs(text: &str) -> Option<Duration> {
     (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
 }
 
+/// The Docker provisioner's options.
+fn docker_settings(args: &Args) -> Result<crate::provisioner::docker::DockerConfig, ConfigError> {
+    use crate::provisioner::docker::{DockerConfig, valid_image, valid_name};
+    let (network, option) = match (&args.docker_network, &args.eg_docker_network) {
+        (Some(n), _) => (
+            n.clone(),
+            "--docker-network (env GATEWAY_LITE_DOCKER_NETWORK)",
+        ),
+        (None, Some(n)) => (n.clone(), "EG_DOCKER_NETWORK (--docker-network)"),
+        (None, None) => ("bridge".to_owned(), "--docker-network"),
+    };
+    if !valid_name(&network) {
+        return Err(ConfigError {
+            option,
+            problem: format!(
+                "{network:?} is not a Docker network name; use letters, digits, '_', '.', '-' (e.g. bridge)"
+            ),
+        });
+    }
+    let (image, option) = match (&args.docker_image, &args.eg_kernel_image) {
+        (Some(i), _) => (
+            Some(i.clone()),
+            "--docker-image (env GATEWAY_LITE_DOCKER_IMAGE)",
+        ),
+        (None, i) => (i.clone(), "EG_KERNEL_IMAGE (--docker-image)"),
+    };
+    let image = image.filter(|i| !i.is_empty());
+    if let Some(i) = image.as_deref().filter(|i| !valid_image(i)) {
+        return Err(ConfigError {
+            option,
+            problem: format!(
+                "{i:?} is not an image reference; use e.g. gateway-lite/python-kernel:latest"
+            ),
+        });
+    }
+    if !valid_name(&args.docker_name_prefix) {
+        return Err(ConfigError {
+            option: "--docker-name-prefix (env GATEWAY_LITE_DOCKER_NAME_PREFIX)",
+            problem: format!(
+                "{:?} cannot start a container name; use letters, digits, '_', '.', '-' (e.g. gateway-lite)",
+                args.docker_name_prefix
+            ),
+        });
+    }
+    let mut labels = Vec::new();
+    for l in args.docker_labels.iter().filter(|l| !l.is_empty()) {
+        match l.split_once('=') {
+            Some((k, v))
+                if !k.is_empty() && !k.contains(char::is_whitespace) && !v.contains('\0') =>
+            {
+                labels.push((k.to_owned(), v.to_owned()));
+            }
+            _ => {
+                return Err(ConfigError {
+                    option: "--docker-label (env GATEWAY_LITE_DOCKER_LABELS)",
+                    problem: format!("{l:?} is not KEY=VALUE; use e.g. team=data"),
+                });
+            }
+        }
+    }
+    if args.docker_cli.is_empty() {
+        return Err(ConfigError {
+            option: "--docker (env GATEWAY_LITE_DOCKER)",
+            problem: "empty; give the docker CLI (default: docker on PATH)".into(),
+        });
+    }
+    Ok(DockerConfig {
+        docker: args.docker_cli.clone(),
+        network,
+        image,
+        name_prefix: args.docker_name_prefix.clone(),
+        labels,
+    })
+}
+
+/// The SSH provisioner's options.
+fn ssh_settings(args: &Args) -> Result<crate::provisioner::ssh::Settings, ConfigError> {
+    use crate::provisioner::ssh::{Settings, parse_hosts};
+    let hosts = match (&args.remote_hosts, &args.eg_remote_hosts) {
+        (Some(h), _) => parse_hosts(h).map_err(|problem| ConfigError {
+            option: "--remote-hosts (env GATEWAY_LITE_REMOTE_HOSTS)",
+            problem: format!("{problem}; give ssh destinations separated by commas"),
+        })?,
+        (None, Some(h)) => parse_hosts(h).map_err(|problem| ConfigError {
+            option: "EG_REMOTE_HOSTS (--EnterpriseGatewayApp.remote_hosts)",
+            problem: format!("{problem}; give ssh destinations separated by commas"),
+        })?,
+        (None, None) => Vec::new(),
+    };
+    if let Some(f) = &args.ssh_config
+        && !f.is_file()
+    {
+        return Err(ConfigError {
+            option: "--ssh-config (env GATEWAY_LITE_SSH_CONFIG)",
+            problem: format!("{} is not a file; give an ssh_config file", f.display()),
+        });
+    }
+    let user = args.ssh_user.clone().filter(|u| !u.is_empty());
+    if let Some(u) = &user
+        && (u.starts_with('-') || u.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ConfigError {
+            option: "--ssh-user (env GATEWAY_LITE_SSH_USER)",
+            problem: format!("{u:?} is not a user name"),
+        });
+    }
+    let balancing = args.load_balancing.parse().map_err(|problem| ConfigError {
+        option: "--load-balancing (env GATEWAY_LITE_LOAD_BALANCING)",
+        problem,
+    })?;
+    let connect_timeout = args
+        .ssh_connect_timeout
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .ok_or_else(|| ConfigError {
+            option: "--ssh-connect-timeout (env GATEWAY_LITE_SSH_CONNECT_TIMEOUT)",
+            problem: format!(
+                "{:?} is not a whole number of seconds from 1 to 3600; use e.g. 10",
+                args.ssh_connect_timeout
+            ),
+        })?;
+    let dir = &args.remote_log_dir;
+    if !dir.starts_with('/') || dir.chars().any(char::is_control) {
+        return Err(ConfigError {
+            option: "--remote-log-dir (env GATEWAY_LITE_REMOTE_LOG_DIR)",
+            problem: format!("{dir:?} is not an absolute path; use e.g. /tmp"),
+        });
+    }
+    Ok(Settings {
+        hosts,
+        ssh_config: args.ssh_config.clone(),
+        user,
+        balancing,
+        connect_timeout: Duration::from_secs(connect_timeout),
+        remote_log_dir: dir.clone(),
+        ..Settings::default()
+    })
+}
+
 /// `kernel-launcher` next to our own binary, else the first on `PATH`.
 fn default_launcher() -> Option<PathBuf> {
     let beside = std::env::current_exe()
@@ -267,6 +600,8 @@ fn default_launcher() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
@@ -295,6 +630,87 @@ mod tests {
         assert!(e.option.starts_with("--response-ip"), "{e}");
         let e = parse(&["--kernelspec-dir", "/definitely/not/here"]).unwrap_err();
         assert!(e.option.starts_with("--kernelspec-dir"), "{e}");
+    }
+
+    #[test]
+    fn policy_options() {
+        let c = parse(&["--port", "0"]).unwrap();
+        assert!(c.state_dir.is_none(), "no default state with --port 0");
+        assert!(c.policy.cull.is_none());
+        assert_eq!(c.policy.restart_limit, 5);
+        let c = parse(&[
+            "--cull-idle-timeout",
+            "60",
+            "--cull-interval",
+            "5",
+            "--max-kernels",
+            "3",
+            "--max-kernels-per-user",
+            "-1",
+            "--state-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let cull = c.policy.cull.unwrap();
+        assert_eq!(cull.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cull.interval, Duration::from_secs(5));
+        assert_eq!(c.policy.max_kernels, Some(3));
+        assert_eq!(c.policy.max_kernels_per_user, None);
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/tmp/x")));
+        let c = parse(&["--port", "9999", "--no-state-dir"]).unwrap();
+        assert!(
+            c.state_dir.is_none(),
+            "--no-state-dir turns persistence off"
+        );
+        for (args, option) in [
+            (&["--cull-idle-timeout", "soon"][..], "--cull-idle-timeout"),
+            (&["--cull-interval", "0"][..], "--cull-interval"),
+            (&["--max-kernels", "0"][..], "--max-kernels "),
+            (
+                &["--max-kernels-per-user", "0"][..],
+                "--max-kernels-per-user",
+            ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn docker_options() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.docker.network, "bridge");
+        assert_eq!(c.docker.name_prefix, "gateway-lite");
+        let c = parse(&[
+            "--docker-network",
+            "kernels",
+            "--docker-image",
+            "gateway-lite/python-kernel:latest",
+            "--docker-label",
+            "a=b",
+            "--docker-label",
+            "c=",
+        ])
+        .unwrap();
+        assert_eq!(c.docker.network, "kernels");
+        assert_eq!(
+            c.docker.image.as_deref(),
+            Some("gateway-lite/python-kernel:latest")
+        );
+        assert_eq!(
+            c.docker.labels,
+            vec![("a".into(), "b".into()), ("c".into(), String::new())]
+        );
+        for (args, option) in [
+            (&["--docker-network=-x"][..], "--docker-network"),
+            (&["--docker-image=--privileged"][..], "--docker-image"),
+            (&["--docker-name-prefix", "a b"][..], "--docker-name-prefix"),
+            (&["--docker-label", "novalue"][..], "--docker-label"),
+            (&["--docker", ""][..], "--docker "),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+        }
     }
 
     #[test]

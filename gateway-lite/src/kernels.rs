@@ -9,13 +9,19 @@
 //! once (the provisioner's reaper reports it) and marks the kernel dead, and a monitor that
 //! follows the kernel's iopub `status` for the REST model. Clients of a kernel follow its
 //! [`Phase`] through a `watch` channel, so a restart or a death reaches every WebSocket.
+//!
+//! The registry also applies the operator's [`Policy`]: kernel limits (in total and per
+//! `KERNEL_USERNAME`, counting launches still in flight), automatic restart of a kernel that
+//! died (up to a limit of consecutive attempts, as jupyter_client's restarter), and idle
+//! culling with Jupyter Server's settings. With a [`StateStore`] it records every change, so
+//! a restarted gateway re-attaches to the kernels that kept running ([`Kernels::restore`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use protocol::comm::CommRequest;
@@ -24,14 +30,16 @@ use protocol::wire::Signer;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use zeromq::SocketRecv;
 
 use crate::channels::{self, Channel, KernelEndpoints};
 use crate::config::parse_secs;
 use crate::kernelspecs::{KernelSpec, KernelSpecs, Placeholders};
-use crate::provisioner::{LaunchRequest, Launched, Provisioner};
+use crate::metrics::Metrics;
+use crate::provisioner::{LaunchRequest, Launched, Placement, Provisioners};
 use crate::response::ResponseListener;
+use crate::state::{KernelRecord, StateStore};
 
 /// Every wait of a shutdown, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +77,36 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 /// Longest value of a `KERNEL_*` variable.
 pub const MAX_ENV_VALUE: usize = 4096;
 
+/// A kernel that stays up this long after an automatic restart resets the attempt count.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// What the operator allows.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Most kernels at once (EG's `max_kernels`).
+    pub max_kernels: Option<usize>,
+    /// Most kernels at once per `KERNEL_USERNAME` (EG's `max_kernels_per_user`).
+    pub max_kernels_per_user: Option<usize>,
+    /// Consecutive automatic restarts of a dying kernel before it is left dead; 0 turns
+    /// automatic restart off.
+    pub restart_limit: u32,
+    /// Idle culling, when on.
+    pub cull: Option<Cull>,
+}
+
+/// Idle culling, with Jupyter Server's `MappingKernelManager` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Cull {
+    /// `cull_idle_timeout`: idle this long means culled.
+    pub idle_timeout: Duration,
+    /// `cull_interval`: how often to look.
+    pub interval: Duration,
+    /// `cull_connected`: cull kernels with WebSocket connections too.
+    pub connected: bool,
+    /// `cull_busy`: cull busy kernels too.
+    pub busy: bool,
+}
+
 /// Errors of kernel operations; [`crate::api`] maps them to HTTP statuses.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -105,6 +143,9 @@ pub enum KernelError {
     /// The operation needs a running kernel.
     #[error("Kernel {0} is not running (it died or is restarting)")]
     NotRunning(String),
+    /// A kernel limit is reached (EG answers 403).
+    #[error("{0}")]
+    Limit(String),
     /// Interrupting failed.
     #[error("Interrupting kernel {kernel_id} failed: {message}")]
     Interrupt {
@@ -120,8 +161,13 @@ pub enum KernelError {
 pub enum Phase {
     /// Running at these endpoints.
     Running(Arc<KernelEndpoints>),
-    /// Being restarted.
-    Restarting,
+    /// Being restarted: asked for by a client, or `automatic` after a death. Clients are
+    /// told `status: restarting` only for the automatic kind, as Jupyter Server does (for a
+    /// requested restart JupyterLab would read that as the kernel having died).
+    Restarting {
+        /// After a death, by the restart policy.
+        automatic: bool,
+    },
     /// The launcher exited on its own (or a restart failed).
     Dead,
     /// Shut down and removed.
@@ -151,6 +197,8 @@ pub struct Kernel {
     spec: KernelSpec,
     env: BTreeMap<String, String>,
     timeout: Duration,
+    /// `KERNEL_USERNAME` of the request, for per-user limits.
+    username: String,
     phase: watch::Sender<Phase>,
     activity: Mutex<Activity>,
     connections: AtomicUsize,
@@ -158,9 +206,83 @@ pub struct Kernel {
     process: tokio::sync::Mutex<Option<Process>>,
     /// Set while the gateway itself stops the process, so its exit is not a death.
     stopping: AtomicBool,
+    /// What the state file holds for the current incarnation.
+    record: Mutex<Option<KernelRecord>>,
+    /// Consecutive automatic restarts, and when the last one happened.
+    auto_restarts: Mutex<(u32, Option<Instant>)>,
 }
 
 impl Kernel {
+    fn new(
+        id: String,
+        spec: KernelSpec,
+        env: BTreeMap<String, String>,
+        timeout: Duration,
+        endpoints: Arc<KernelEndpoints>,
+    ) -> Self {
+        Kernel {
+            id,
+            name: spec.name.clone(),
+            username: env.get("KERNEL_USERNAME").cloned().unwrap_or_default(),
+            spec,
+            env,
+            timeout,
+            phase: watch::Sender::new(Phase::Running(endpoints)),
+            activity: Mutex::new(Activity {
+                execution_state: "starting".into(),
+                last_activity: OffsetDateTime::now_utc(),
+            }),
+            connections: AtomicUsize::new(0),
+            process: tokio::sync::Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            record: Mutex::new(None),
+            auto_restarts: Mutex::new((0, None)),
+        }
+    }
+
+    /// The execution state of the REST model.
+    pub fn execution_state(&self) -> String {
+        self.activity
+            .lock()
+            .map(|a| a.execution_state.clone())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.activity
+            .lock()
+            .map(|a| OffsetDateTime::now_utc() - a.last_activity)
+            .ok()
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default()
+    }
+
+    /// Sets the state-file record from the incarnation `p`.
+    fn remember(&self, p: &Process) {
+        let ep = &p.endpoints;
+        let record = KernelRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            env: self.env.clone(),
+            launch_timeout_secs: self.timeout.as_secs_f64(),
+            generation: ep.generation,
+            connection: ep.info.clone(),
+            host: ep.host.clone(),
+            comm_port: ep.comm_port,
+            pid: ep.pid,
+            pgid: ep.pgid,
+            placement: p.launched.placement.clone(),
+        };
+        if let Ok(mut r) = self.record.lock() {
+            *r = Some(record);
+        }
+    }
+
     /// The REST model.
     pub fn model(&self) -> Value {
         let (state, last) = self
@@ -217,7 +339,7 @@ impl Drop for ConnectionGuard {
 #[derive(Debug)]
 pub struct Launcher {
     /// Where launchers run.
-    pub provisioner: Arc<dyn Provisioner>,
+    pub provisioners: Provisioners,
     /// Where payloads arrive.
     pub response: ResponseListener,
     /// The kernel-launcher binary used to wrap plain kernelspecs.
@@ -230,22 +352,126 @@ pub struct Launcher {
     pub grace: Grace,
 }
 
+/// Launches in flight, counted against the limits before they finish.
+#[derive(Debug, Default)]
+struct InFlight {
+    total: usize,
+    by_user: HashMap<String, usize>,
+}
+
 /// All kernels of this gateway.
 #[derive(Debug)]
 pub struct Kernels {
     map: Mutex<HashMap<String, Arc<Kernel>>>,
     specs: Arc<KernelSpecs>,
     launcher: Launcher,
+    policy: Policy,
+    state: Option<StateStore>,
+    in_flight: Mutex<InFlight>,
+    deaths: mpsc::Sender<String>,
+    death_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// Releases a launch's place in [`InFlight`] when dropped.
+struct Reservation<'a> {
+    kernels: &'a Kernels,
+    user: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.kernels.in_flight.lock() {
+            f.total = f.total.saturating_sub(1);
+            if let Some(n) = f.by_user.get_mut(&self.user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    f.by_user.remove(&self.user);
+                }
+            }
+        }
+    }
 }
 
 impl Kernels {
-    /// An empty registry.
-    pub fn new(specs: Arc<KernelSpecs>, launcher: Launcher) -> Self {
+    /// An empty registry. Call [`Kernels::restore`] and [`Kernels::spawn_tasks`] next.
+    pub fn new(
+        specs: Arc<KernelSpecs>,
+        launcher: Launcher,
+        policy: Policy,
+        state: Option<StateStore>,
+    ) -> Self {
+        // Deaths are rare and each kernel reports at most one per incarnation.
+        let (deaths, death_rx) = mpsc::channel(1024);
         Kernels {
             map: Mutex::default(),
             specs,
             launcher,
+            policy,
+            state,
+            in_flight: Mutex::default(),
+            deaths,
+            death_rx: Mutex::new(Some(death_rx)),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Whether kernels are recorded for a gateway restart.
+    pub fn persistent(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Writes the state file from the current records.
+    fn persist(&self) {
+        let Some(state) = &self.state else { return };
+        let records: Vec<KernelRecord> = self
+            .list()
+            .iter()
+            .filter_map(|k| k.record.lock().ok().and_then(|r| r.clone()))
+            .collect();
+        if let Err(e) = state.save(records) {
+            tracing::error!("writing the state file: {e}");
+        }
+    }
+
+    /// Counts a launch against the limits, or refuses it.
+    fn reserve(&self, user: &str) -> Result<Reservation<'_>, KernelError> {
+        let running_total;
+        let running_user;
+        {
+            let map = self
+                .map
+                .lock()
+                .map_err(|_| KernelError::Limit("registry poisoned".into()))?;
+            running_total = map.len();
+            running_user = map.values().filter(|k| k.username == user).count();
+        }
+        let mut f = self
+            .in_flight
+            .lock()
+            .map_err(|_| KernelError::Limit("registry poisoned".into()))?;
+        if let Some(max) = self.policy.max_kernels
+            && running_total + f.total >= max
+        {
+            return Err(KernelError::Limit(format!(
+                "The limit of {max} kernels on this gateway is reached; shut a kernel down first."
+            )));
+        }
+        let mine = running_user + f.by_user.get(user).copied().unwrap_or(0);
+        if let Some(max) = self.policy.max_kernels_per_user
+            && mine >= max
+        {
+            return Err(KernelError::Limit(format!(
+                "User '{user}' already has {mine} of the {max} kernels allowed per user (KERNEL_USERNAME); shut one down first."
+            )));
+        }
+        f.total += 1;
+        *f.by_user.entry(user.to_owned()).or_default() += 1;
+        Ok(Reservation {
+            kernels: self,
+            user: user.to_owned(),
+        })
     }
 
     /// The kernelspecs.
@@ -290,30 +516,211 @@ impl Kernels {
             .get("KERNEL_LAUNCH_TIMEOUT")
             .and_then(|t| parse_secs(t))
             .unwrap_or(self.launcher.timeout);
+        let user = env.get("KERNEL_USERNAME").cloned().unwrap_or_default();
+        let reservation = self.reserve(&user).inspect_err(|_| {
+            self.metrics.starts_refused.fetch_add(1, Ordering::Relaxed);
+        })?;
         let id = uuid::Uuid::new_v4().to_string();
-        let process = self.launch(&id, &spec, &env, timeout, 1).await?;
-        let endpoints = process.endpoints.clone();
-        let kernel = Arc::new(Kernel {
-            id: id.clone(),
-            name,
+        let began = Instant::now();
+        let process = match self.launch(&id, &spec, &env, timeout, 1).await {
+            Ok(p) => p,
+            Err(e) => {
+                let counter = if matches!(e, KernelError::Timeout { .. }) {
+                    &self.metrics.starts_timed_out
+                } else {
+                    &self.metrics.starts_failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.metrics.observe_start(began.elapsed());
+        self.metrics.starts_ok.fetch_add(1, Ordering::Relaxed);
+        let kernel = Arc::new(Kernel::new(
+            id.clone(),
             spec,
             env,
             timeout,
-            phase: watch::Sender::new(Phase::Running(endpoints.clone())),
-            activity: Mutex::new(Activity {
-                execution_state: "starting".into(),
-                last_activity: OffsetDateTime::now_utc(),
-            }),
-            connections: AtomicUsize::new(0),
-            process: tokio::sync::Mutex::new(None),
-            stopping: AtomicBool::new(false),
-        });
-        watch_process(&kernel, &process);
-        *kernel.process.lock().await = Some(process);
+            process.endpoints.clone(),
+        ));
+        self.install(&kernel, process).await;
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, kernel.clone());
         }
+        drop(reservation);
+        self.persist();
         Ok(kernel)
+    }
+
+    /// Makes `process` the kernel's current incarnation: watchers, record.
+    async fn install(&self, kernel: &Arc<Kernel>, process: Process) {
+        watch_process(kernel, &process, self.deaths.clone());
+        kernel.remember(&process);
+        *kernel.process.lock().await = Some(process);
+    }
+
+    /// Re-attaches to the kernels recorded by an earlier run of the gateway. Kernels whose
+    /// launcher is gone are dropped from the record (and logged).
+    pub async fn restore(&self) {
+        let Some(state) = &self.state else { return };
+        let records = match state.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        for r in records {
+            let id = r.id.clone();
+            match self.reattach(r).await {
+                Ok(()) => {
+                    self.metrics.reattached.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => tracing::warn!(kernel_id = %id, "not restored: {why}"),
+            }
+        }
+        self.persist();
+    }
+
+    async fn reattach(&self, r: KernelRecord) -> Result<(), String> {
+        let spec = self
+            .specs
+            .get(&r.name)
+            .cloned()
+            .ok_or_else(|| format!("its kernelspec {:?} is no longer served", r.name))?;
+        let launched = self
+            .launcher
+            .provisioners
+            .for_placement(&r.placement)
+            .and_then(|p| p.reattach(&r.id, &r.placement))
+            .map_err(|e| e.to_string())?;
+        let endpoints = Arc::new(KernelEndpoints {
+            signer: Signer::new(r.connection.key.as_bytes()),
+            info: r.connection,
+            host: r.host,
+            comm_port: r.comm_port,
+            pid: r.pid,
+            pgid: r.pgid,
+            generation: r.generation,
+        });
+        let timeout =
+            Duration::try_from_secs_f64(r.launch_timeout_secs).unwrap_or(self.launcher.timeout);
+        let kernel = Arc::new(Kernel::new(
+            r.id.clone(),
+            spec,
+            r.env,
+            timeout,
+            endpoints.clone(),
+        ));
+        let process = Process {
+            launched,
+            endpoints,
+        };
+        self.install(&kernel, process).await;
+        tracing::info!(kernel_id = %r.id, "kernel restored from the state file");
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(r.id, kernel);
+        }
+        Ok(())
+    }
+
+    /// Starts the background work: automatic restarts of dead kernels and idle culling.
+    pub fn spawn_tasks(self: &Arc<Self>) {
+        let rx = self.death_rx.lock().ok().and_then(|mut r| r.take());
+        if let Some(mut rx) = rx {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(id) = rx.recv().await {
+                    let Some(kernels) = weak.upgrade() else {
+                        return;
+                    };
+                    kernels.on_death(&id).await;
+                }
+            });
+        }
+        if let Some(cull) = self.policy.cull {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(cull.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(kernels) = weak.upgrade() else {
+                        return;
+                    };
+                    kernels.cull_once(cull).await;
+                }
+            });
+        }
+    }
+
+    /// A kernel died on its own: restart it if the policy allows, else leave it dead.
+    async fn on_death(self: &Arc<Self>, id: &str) {
+        self.metrics.deaths.fetch_add(1, Ordering::Relaxed);
+        let Ok(kernel) = self.get(id) else { return };
+        if kernel.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let limit = self.policy.restart_limit;
+        let attempt = {
+            let Ok(mut a) = kernel.auto_restarts.lock() else {
+                return;
+            };
+            if a.1.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
+                a.0 = 0;
+            }
+            a.0 += 1;
+            a.1 = Some(Instant::now());
+            a.0
+        };
+        if attempt > limit {
+            if limit > 0 {
+                tracing::warn!(
+                    kernel_id = id,
+                    "kernel died {limit} times in a row; leaving it dead"
+                );
+            }
+            kernel.phase.send_replace(Phase::Dead);
+            self.persist();
+            return;
+        }
+        tracing::warn!(kernel_id = id, attempt, limit, "kernel died; restarting it");
+        self.metrics
+            .restarts_automatic
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.restart_inner(id, true).await {
+            tracing::error!(kernel_id = id, "automatic restart failed: {e}");
+        }
+    }
+
+    /// Shuts down every kernel idle longer than the timeout (see [`Cull`]).
+    async fn cull_once(&self, cull: Cull) {
+        for k in self.list() {
+            let state = k.execution_state();
+            let eligible = match state.as_str() {
+                "idle" | "dead" | "starting" => true,
+                "busy" => cull.busy,
+                _ => false,
+            };
+            if !eligible || (!cull.connected && k.connection_count() > 0) {
+                continue;
+            }
+            let idle = k.idle_for();
+            if idle < cull.idle_timeout {
+                continue;
+            }
+            tracing::info!(
+                kernel_id = %k.id,
+                state,
+                connections = k.connection_count(),
+                idle_secs = idle.as_secs(),
+                "culling idle kernel"
+            );
+            if self.shutdown(&k.id).await.is_ok() {
+                self.metrics.culled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Runs a launcher for kernel `id` and waits for its payload.
@@ -340,17 +747,22 @@ impl Kernels {
         let mut launch_env = spec.env.clone();
         launch_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         launch_env.insert("KERNEL_ID".into(), id.to_owned());
+        let launch_error = |e: crate::provisioner::LaunchError| KernelError::Launch {
+            kernel_id: id.to_owned(),
+            message: e.to_string(),
+        };
         let launched = l
-            .provisioner
-            .launch(LaunchRequest {
-                kernel_id: id.to_owned(),
-                argv,
-                env: launch_env,
+            .provisioners
+            .for_spec(spec)
+            .and_then(|p| {
+                p.launch(LaunchRequest {
+                    kernel_id: id.to_owned(),
+                    argv,
+                    env: launch_env,
+                    log_file: self.state.as_ref().map(|s| s.log_file(id)),
+                })
             })
-            .map_err(|e| KernelError::Launch {
-                kernel_id: id.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(launch_error)?;
         let mut exit = launched.exit.clone();
         let report = tokio::select! {
             r = &mut pending.report => r.map_err(|_| KernelError::Launch {
@@ -370,16 +782,16 @@ impl Kernels {
                 log: launched.log.text(),
             }),
         };
-        let report =
-            match report.and_then(|r| endpoints(id, r, l.provisioner.kernel_host(), generation)) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    tracing::warn!(kernel_id = id, "{e}");
-                    let grace = l.grace;
-                    tokio::spawn(async move { terminate(&launched, None, grace).await });
-                    return Err(e);
-                }
-            };
+        let report = match report.and_then(|r| endpoints(id, r, launched.host.clone(), generation))
+        {
+            Ok(ep) => ep,
+            Err(e) => {
+                tracing::warn!(kernel_id = id, "{e}");
+                let grace = l.grace;
+                tokio::spawn(async move { terminate(&launched, None, grace).await });
+                return Err(e);
+            }
+        };
         let i = &report.info;
         tracing::info!(
             kernel_id = id,
@@ -447,10 +859,17 @@ impl Kernels {
 
     /// Restarts kernel `id`: same id, new launcher, new ports and key.
     pub async fn restart(&self, id: &str) -> Result<Arc<Kernel>, KernelError> {
+        self.metrics
+            .restarts_requested
+            .fetch_add(1, Ordering::Relaxed);
+        self.restart_inner(id, false).await
+    }
+
+    async fn restart_inner(&self, id: &str, automatic: bool) -> Result<Arc<Kernel>, KernelError> {
         let kernel = self.get(id)?;
         let mut guard = kernel.process.lock().await;
         kernel.stopping.store(true, Ordering::SeqCst);
-        kernel.phase.send_replace(Phase::Restarting);
+        kernel.phase.send_replace(Phase::Restarting { automatic });
         kernel.set_state("restarting");
         let generation = guard.as_ref().map_or(0, |p| p.endpoints.generation) + 1;
         if let Some(old) = guard.take() {
@@ -466,14 +885,17 @@ impl Kernels {
                 kernel
                     .phase
                     .send_replace(Phase::Running(process.endpoints.clone()));
-                watch_process(&kernel, &process);
+                watch_process(&kernel, &process, self.deaths.clone());
+                kernel.remember(&process);
                 *guard = Some(process);
                 drop(guard);
+                self.persist();
                 Ok(kernel)
             }
             Err(e) => {
                 kernel.set_state("dead");
                 kernel.phase.send_replace(Phase::Dead);
+                self.persist();
                 Err(e)
             }
         }
@@ -492,6 +914,14 @@ impl Kernels {
         }
         kernel.set_state("dead");
         kernel.phase.send_replace(Phase::Gone);
+        if let Ok(mut r) = kernel.record.lock() {
+            *r = None;
+        }
+        self.persist();
+        if let Some(state) = &self.state {
+            let _ = std::fs::remove_file(state.log_file(id));
+        }
+        self.metrics.shutdowns.fetch_add(1, Ordering::Relaxed);
         tracing::info!(kernel_id = id, "kernel shut down");
         Ok(())
     }
@@ -589,8 +1019,9 @@ fn endpoints(
     })
 }
 
-/// Spawns the death watcher and the status monitor of one incarnation.
-fn watch_process(kernel: &Arc<Kernel>, process: &Process) {
+/// Spawns the death watcher and the status monitor of one incarnation. A death is reported
+/// on `deaths` for the automatic-restart policy.
+fn watch_process(kernel: &Arc<Kernel>, process: &Process, deaths: mpsc::Sender<String>) {
     let weak = Arc::downgrade(kernel);
     let mut exit = process.launched.exit.clone();
     let generation = process.endpoints.generation;
@@ -602,7 +1033,12 @@ fn watch_process(kernel: &Arc<Kernel>, process: &Process) {
         if current && !kernel.stopping.load(Ordering::SeqCst) {
             tracing::warn!(kernel_id = %kernel.id, "kernel died: launcher ended with {}", info.map(|i| i.to_string()).unwrap_or_default());
             kernel.set_state("dead");
-            kernel.phase.send_replace(Phase::Dead);
+            // The restart policy decides between `Dead` and an automatic restart, so clients
+            // never see a "dead" that is followed by a restart.
+            if deaths.try_send(kernel.id.clone()).is_err() {
+                tracing::warn!(kernel_id = %kernel.id, "death not handed to the restart policy (queue full)");
+                kernel.phase.send_replace(Phase::Dead);
+            }
         }
     });
     tokio::spawn(monitor(
@@ -745,9 +1181,12 @@ async fn terminate(launched: &Launched, kernel_pgid: Option<i64>, grace: Grace) 
         "launcher ignored SIGTERM for {:?}; killing it",
         grace.terminate
     );
+    // The reported pgid is only meaningful on this host: for a remote or containerized
+    // kernel the same number names some unrelated local process group.
+    let local = matches!(launched.placement, Placement::Local { .. });
     if let Some(pgid) = kernel_pgid
         .and_then(|p| i32::try_from(p).ok())
-        .filter(|p| *p > 1)
+        .filter(|p| local && *p > 1)
     {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
     }

@@ -2,7 +2,7 @@
 //!
 //! Clients choose a kernel by kernelspec name, and the spec's `argv` is how a kernel gets
 //! started. Specs are found where Jupyter finds them (`<dir>/kernels/<name>/kernel.json` on
-//! the Jupyter data paths) plus `--kernelspec-dir`; with nothing found at all, an embedded
+//! the Jupyter data paths) plus `--kernelspec-dir`; unless a `python3` spec is found, an embedded
 //! `python3` spec runs ipykernel. A spec written for Enterprise Gateway (its argv holds
 //! `{response_address}`) is used as is, placeholders filled as EG fills them; any other spec
 //! is wrapped in `kernel-launcher ... --`, so every kernel reports its ports through the
@@ -34,6 +34,11 @@ pub struct KernelSpec {
     pub env: BTreeMap<String, String>,
     /// `interrupt_mode` is `"message"`.
     pub interrupt_by_message: bool,
+    /// `metadata.process_proxy.class_name`: Enterprise Gateway's choice of where the kernel
+    /// runs, which picks the provisioner here.
+    pub process_proxy: Option<String>,
+    /// `metadata.process_proxy.config`.
+    pub proxy_config: Map<String, Value>,
 }
 
 /// Why a `kernel.json` was skipped.
@@ -79,6 +84,19 @@ impl KernelSpec {
         spec.entry("interrupt_mode")
             .or_insert_with(|| json!("signal"));
         let interrupt_by_message = spec.get("interrupt_mode") == Some(&json!("message"));
+        let proxy = spec
+            .get("metadata")
+            .and_then(|m| m.get("process_proxy"))
+            .and_then(Value::as_object);
+        let process_proxy = proxy
+            .and_then(|p| p.get("class_name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let proxy_config = proxy
+            .and_then(|p| p.get("config"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         Ok(KernelSpec {
             name: name.to_owned(),
             dir,
@@ -86,10 +104,12 @@ impl KernelSpec {
             argv,
             env,
             interrupt_by_message,
+            process_proxy,
+            proxy_config,
         })
     }
 
-    /// The embedded `python3` spec used when no kernelspec is installed.
+    /// The embedded `python3` spec served unless a spec of that name is installed.
     pub fn embedded_python3() -> Self {
         let doc = br#"{
             "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -249,8 +269,12 @@ impl KernelSpecs {
                 }
             }
         }
-        if specs.is_empty() {
-            tracing::info!("no kernelspec found; serving the embedded python3 spec (ipykernel)");
+        // Jupyter always offers its native python3 kernel; so do we, unless a spec of that
+        // name is installed.
+        if !specs.contains_key("python3") {
+            tracing::info!(
+                "no python3 kernelspec found; serving the embedded one (python3 -m ipykernel_launcher)"
+            );
             specs.insert("python3".into(), KernelSpec::embedded_python3());
         }
         Self::from_specs(specs, default)
@@ -346,6 +370,36 @@ mod tests {
             public_key: "PK",
             connection_file: "/run/kernel-K.json",
         }
+    }
+
+    #[test]
+    fn python3_is_always_offered() {
+        let dir = std::env::temp_dir().join(format!("gwl-specs-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("ir")).unwrap();
+        std::fs::write(
+            dir.join("ir/kernel.json"),
+            br#"{"argv": ["R", "-f", "{connection_file}"], "language": "R"}"#,
+        )
+        .unwrap();
+        let specs = KernelSpecs::discover(std::slice::from_ref(&dir), &SearchEnv::default(), None);
+        assert!(specs.get("ir").is_some());
+        assert!(
+            specs.get("python3").is_some_and(|s| s.dir.is_none()),
+            "embedded python3 next to ir"
+        );
+        assert_eq!(specs.default_name(), "python3");
+        std::fs::create_dir_all(dir.join("python3")).unwrap();
+        std::fs::write(
+            dir.join("python3/kernel.json"),
+            br#"{"argv": ["py", "{connection_file}"], "language": "python"}"#,
+        )
+        .unwrap();
+        let specs = KernelSpecs::discover(std::slice::from_ref(&dir), &SearchEnv::default(), None);
+        assert!(
+            specs.get("python3").is_some_and(|s| s.dir.is_some()),
+            "an installed python3 wins"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

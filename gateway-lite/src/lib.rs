@@ -8,8 +8,10 @@
 //! - [`config`]: command line and environment, parsed once.
 //! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
 //! - [`response`]: the listener that receives launchers' encrypted connection payloads.
-//! - [`provisioner`]: where launchers run ([`provisioner::local`] for now).
-//! - [`kernels`]: the registry and each kernel's lifecycle.
+//! - [`provisioner`]: where launchers run ([`provisioner::local`], [`provisioner::docker`], ...).
+//! - [`kernels`]: the registry and each kernel's lifecycle, limits, restarts, culling.
+//! - [`state`]: the state file a restarted gateway re-attaches its kernels from.
+//! - [`metrics`]: Prometheus counters and gauges.
 //! - [`channels`]: ZeroMQ sockets and messages to a kernel.
 //! - [`wsframe`]: the two WebSocket framings of kernel messages.
 //! - [`bridge`]: one WebSocket ⇄ one set of ZeroMQ sockets.
@@ -26,9 +28,11 @@ pub mod channels;
 pub mod config;
 pub mod kernels;
 pub mod kernelspecs;
+pub mod metrics;
 pub mod provisioner;
 pub mod response;
 pub mod sessions;
+pub mod state;
 pub mod wsframe;
 
 use std::io::Write;
@@ -41,8 +45,10 @@ use protocol::payload::PrivateKey;
 use crate::config::Config;
 use crate::kernels::{Grace, Kernels, Launcher};
 use crate::kernelspecs::KernelSpecs;
+use crate::provisioner::Provisioners;
 use crate::provisioner::local::Local;
 use crate::response::ResponseListener;
+use crate::state::StateStore;
 
 /// Size of the gateway's RSA key for launch payloads.
 const RSA_BITS: usize = 2048;
@@ -60,6 +66,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         allow_origin = ?config.allow_origin,
         "starting gateway-lite"
     );
+    let state = match &config.state_dir {
+        Some(dir) => {
+            let store = StateStore::open(dir)?;
+            tracing::info!(state_dir = %dir.display(), "kernels are recorded for restarts");
+            Some(store)
+        }
+        None => {
+            tracing::info!("no state directory: kernels end with the gateway");
+            None
+        }
+    };
     let key = tokio::task::spawn_blocking(|| PrivateKey::generate(RSA_BITS))
         .await
         .context("key generation task")?
@@ -78,16 +95,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let kernels = Arc::new(Kernels::new(
         specs,
         Launcher {
-            provisioner: Arc::new(Local {
-                kernel_ip: config.kernel_ip,
-            }),
+            provisioners: Provisioners {
+                local: Arc::new(Local {
+                    kernel_ip: config.kernel_ip,
+                }),
+                ssh: Some(Arc::new(provisioner::ssh::Ssh::new(config.ssh.clone()))),
+                docker: Some(Arc::new(provisioner::docker::Docker::new(
+                    config.docker.clone(),
+                ))),
+            },
             response,
             launcher: config.launcher.clone(),
             timeout: config.launch_timeout,
             runtime_dir: std::env::temp_dir(),
             grace: Grace::default(),
         },
+        config.policy.clone(),
+        state,
     ));
+    kernels.restore().await;
+    kernels.spawn_tasks();
     let state = api::AppState {
         kernels: kernels.clone(),
         sessions: Arc::default(),
@@ -116,11 +143,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
     let stopping = kernels.clone();
+    let shutdown_kernels = config.shutdown_kernels_on_exit;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down every kernel");
-            stopping.shutdown_all().await;
+            if shutdown_kernels || !stopping.persistent() {
+                tracing::info!("shutting down every kernel");
+                stopping.shutdown_all().await;
+            } else {
+                tracing::info!(
+                    kernels = stopping.list().len(),
+                    "leaving kernels running for the next gateway (--shutdown-kernels-on-exit stops them)"
+                );
+            }
         })
         .await
         .context("serving HTTP")?;

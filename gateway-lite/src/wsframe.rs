@@ -77,8 +77,13 @@ pub enum FrameError {
 #[error("a JSON part of the kernel's message is not valid JSON")]
 pub struct NotJson;
 
+/// Whether `bytes` is one JSON value in UTF-8.
+///
+/// The UTF-8 check is separate because serde_json does not validate the inside of strings it
+/// skips, and both framings hand these bytes to a browser's UTF-8 decoder unchanged (the
+/// legacy one through a `String`, which would otherwise replace them).
 fn is_json(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
+    std::str::from_utf8(bytes).is_ok_and(|s| serde_json::from_str::<IgnoredAny>(s).is_ok())
 }
 
 fn object_or_empty(raw: Option<&RawValue>) -> Vec<u8> {
@@ -377,5 +382,9 @@ mod tests {
         let mut m = msg(vec![]);
         m.content = b"{".to_vec();
         assert_eq!(encode(Framing::Legacy, Channel::Iopub, &m), Err(NotJson));
+        // Invalid UTF-8 inside a string is not JSON either.
+        m.content = b"{\"a\":\"\xff\"}".to_vec();
+        assert_eq!(encode(Framing::Legacy, Channel::Iopub, &m), Err(NotJson));
+        assert_eq!(encode(Framing::V1, Channel::Iopub, &m), Err(NotJson));
     }
 }

@@ -1,0 +1,254 @@
+//! Prometheus metrics at `/metrics`, in the text exposition format.
+//!
+//! Operators watch a gateway the way they watch everything else: kernel counts by state,
+//! launch outcomes and durations, deaths, restarts, culls, and the gateway's own memory. The
+//! counters are atomics bumped where the events happen (mostly [`crate::kernels`]); gauges are
+//! computed from the registry at scrape time. The format is small enough to write by hand,
+//! which keeps a metrics framework out of the dependency tree.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::kernels::Kernel;
+
+/// Upper bounds (seconds) of the launch-duration histogram buckets.
+const START_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Every counter of the gateway.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Kernels started (POST) successfully.
+    pub starts_ok: AtomicU64,
+    /// Starts that failed (launcher error or early exit).
+    pub starts_failed: AtomicU64,
+    /// Starts that hit the launch timeout.
+    pub starts_timed_out: AtomicU64,
+    /// Starts refused by a kernel limit.
+    pub starts_refused: AtomicU64,
+    /// Restarts asked for through the API.
+    pub restarts_requested: AtomicU64,
+    /// Restarts after a kernel died.
+    pub restarts_automatic: AtomicU64,
+    /// Kernels that died on their own.
+    pub deaths: AtomicU64,
+    /// Kernels shut down for being idle.
+    pub culled: AtomicU64,
+    /// Kernels found again after a gateway restart.
+    pub reattached: AtomicU64,
+    /// Kernels shut down (API, cull or gateway exit).
+    pub shutdowns: AtomicU64,
+    start_buckets: [AtomicU64; START_BUCKETS.len()],
+    start_count: AtomicU64,
+    start_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Records the duration of a successful launch (request to connection info).
+    pub fn observe_start(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, bucket) in START_BUCKETS.iter().zip(&self.start_buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.start_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.start_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self, kernels: &[Arc<Kernel>]) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut states: std::collections::BTreeMap<String, u64> =
+            ["starting", "idle", "busy", "restarting", "dead"]
+                .iter()
+                .map(|s| ((*s).to_owned(), 0))
+                .collect();
+        let mut connections = 0u64;
+        for k in kernels {
+            *states.entry(k.execution_state()).or_default() += 1;
+            connections += k.connection_count() as u64;
+        }
+        head(
+            &mut out,
+            "gateway_lite_kernels",
+            "gauge",
+            "Kernels by execution state.",
+        );
+        for (state, n) in &states {
+            let _ = writeln!(
+                out,
+                "gateway_lite_kernels{{execution_state=\"{}\"}} {n}",
+                escape(state)
+            );
+        }
+        head(
+            &mut out,
+            "gateway_lite_websocket_connections",
+            "gauge",
+            "Open kernel WebSocket connections.",
+        );
+        let _ = writeln!(out, "gateway_lite_websocket_connections {connections}");
+        head(
+            &mut out,
+            "gateway_lite_kernel_starts_total",
+            "counter",
+            "Kernel starts by outcome.",
+        );
+        for (outcome, c) in [
+            ("ok", &self.starts_ok),
+            ("failed", &self.starts_failed),
+            ("timeout", &self.starts_timed_out),
+            ("refused", &self.starts_refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_lite_kernel_starts_total{{outcome=\"{outcome}\"}} {}",
+                get(c)
+            );
+        }
+        head(
+            &mut out,
+            "gateway_lite_kernel_restarts_total",
+            "counter",
+            "Kernel restarts by cause.",
+        );
+        for (cause, c) in [
+            ("request", &self.restarts_requested),
+            ("death", &self.restarts_automatic),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_lite_kernel_restarts_total{{cause=\"{cause}\"}} {}",
+                get(c)
+            );
+        }
+        for (name, help, c) in [
+            (
+                "gateway_lite_kernel_deaths_total",
+                "Kernels that died on their own.",
+                &self.deaths,
+            ),
+            (
+                "gateway_lite_kernels_culled_total",
+                "Kernels shut down for being idle.",
+                &self.culled,
+            ),
+            (
+                "gateway_lite_kernels_reattached_total",
+                "Kernels found again after a gateway restart.",
+                &self.reattached,
+            ),
+            (
+                "gateway_lite_kernel_shutdowns_total",
+                "Kernels shut down.",
+                &self.shutdowns,
+            ),
+        ] {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", get(c));
+        }
+        head(
+            &mut out,
+            "gateway_lite_kernel_start_seconds",
+            "histogram",
+            "Time from a start request to the kernel's connection info.",
+        );
+        for (bound, bucket) in START_BUCKETS.iter().zip(&self.start_buckets) {
+            let _ = writeln!(
+                out,
+                "gateway_lite_kernel_start_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let count = get(&self.start_count);
+        let _ = writeln!(
+            out,
+            "gateway_lite_kernel_start_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "gateway_lite_kernel_start_seconds_sum {}",
+            get(&self.start_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "gateway_lite_kernel_start_seconds_count {count}");
+        if let Some(rss) = resident_bytes() {
+            head(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the gateway process.",
+            );
+            let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+        }
+        out
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (`\`, `"` and newlines).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `VmRSS` of this process, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_and_counters_render() {
+        let m = Metrics::default();
+        m.observe_start(Duration::from_millis(80));
+        m.observe_start(Duration::from_secs(3));
+        m.starts_ok.fetch_add(2, Ordering::Relaxed);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("gateway_lite_kernel_start_seconds_bucket{le=\"0.05\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernel_start_seconds_bucket{le=\"0.1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernel_start_seconds_bucket{le=\"5\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernel_start_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernel_starts_total{outcome=\"ok\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernels{execution_state=\"idle\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}
