@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Smoke-fuzz every target of the `protocol` crate for a few seconds each.
+# Smoke-fuzz every target in fuzz/ (the `protocol` crate's parsers and gateway-lite's
+# WebSocket framing of browser and kernel bytes) for a few seconds each.
 #
 #   scripts/fuzz-smoke.sh [SECONDS]      # default 10 seconds per target
 #   FUZZ_ASAN=1 scripts/fuzz-smoke.sh    # AddressSanitizer build (RUSTC_BOOTSTRAP on stable)
+#   FUZZ_TARGETS="ws_client_frame ws_kernel_frame" scripts/fuzz-smoke.sh 60   # only these
 #
 # Installs cargo-fuzz 0.13.2 into $HOME/.cargo/bin if it is missing (cached there afterwards).
 # Exits non-zero on the first crash; the crashing input is left in fuzz/artifacts/<target>/.
@@ -27,7 +29,7 @@ fi
 # Build all targets first so compile time does not count against the fuzzing time.
 cargo fuzz build "${sanitizer[@]}"
 
-for target in $(cargo fuzz list); do
+for target in ${FUZZ_TARGETS:-$(cargo fuzz list)}; do
     mkdir -p "corpus/$target"
     seeds=()
     [[ -d "seeds/$target" ]] && seeds=("seeds/$target")

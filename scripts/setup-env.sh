@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepare everything the real-peer end-to-end tests (tests/eg) need:
 #   - Debian packages: R + Debian's IRkernel, util-linux, procps, iproute2, busybox-static (the static
-#     "kernel" of the empty-chroot test)
+#     "kernel" of the empty-chroot test); debootstrap (the Docker kernel image)
 #   - three pinned virtualenvs (tests/requirements/{kernel,eg,gp}.txt)
 #       venv-kernel  ipykernel + jupyter_client 8; runs kernels, EG's launch_ipykernel.py and pytest
 #       venv-eg      jupyter_enterprise_gateway 3.3.0 (jupyter_client 6, jupyter_server 1)
 #       venv-gp      gateway_provisioners 0.5.0 (jupyter_client 8, jupyter_server 2)
+#       venv-lab     JupyterLab 4 + jupyter_server 2 + selenium; runs tests/gateway
 #   - the EG 3.3.0 sdist from PyPI (its launchers and itests are used at test time, never committed)
 #   - an IRkernel kernelspec in a private JUPYTER_PATH (never installed globally)
 #   - $KL_CACHE/env.sh describing all of the above for the tests.
@@ -29,7 +30,10 @@ start_s=$SECONDS
 mkdir -p "$KL_CACHE"
 
 # ---------------------------------------------------------------- system packages
-apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2 busybox-static)
+# debootstrap: builds the Docker kernel image (images/python-kernel/build.sh) from Debian packages.
+apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2 busybox-static debootstrap)
+# openssh: gateway-lite's SSH provisioner tests run sshd in network namespaces and ssh into them.
+apt_packages+=(openssh-server openssh-client)
 ensure_apt() {
     local missing=() p
     for p in "${apt_packages[@]}"; do
@@ -66,6 +70,7 @@ source "$repo_root/scripts/lib/venv.sh"
 ensure_venv kernel "$req_dir/kernel.txt"
 ensure_venv eg "$req_dir/eg.txt"
 ensure_venv gp "$req_dir/gp.txt"
+ensure_venv lab "$req_dir/lab.txt"
 
 # ---------------------------------------------------------------- EG sdist (launchers + itests)
 sdist_dir="$KL_CACHE/sdist"
@@ -116,6 +121,7 @@ export KL_CACHE="$KL_CACHE"
 export KL_PY_KERNEL="$KL_CACHE/venv-kernel/bin/python"
 export KL_PY_EG="$KL_CACHE/venv-eg/bin/python"
 export KL_PY_GP="$KL_CACHE/venv-gp/bin/python"
+export KL_PY_LAB="$KL_CACHE/venv-lab/bin/python"
 export KL_EG_SDIST="$sdist_root"
 export KL_JUPYTER_PATH="$jupyter_prefix/share/jupyter"
 export KL_R="$(command -v R || echo /usr/bin/R)"
@@ -127,5 +133,6 @@ log "env file:     $env_file"
 log "venv-kernel:  $KL_CACHE/venv-kernel/bin/python"
 log "venv-eg:      $KL_CACHE/venv-eg/bin/python"
 log "venv-gp:      $KL_CACHE/venv-gp/bin/python"
+log "venv-lab:     $KL_CACHE/venv-lab/bin/python"
 log "EG sdist:     $sdist_root"
 log "JUPYTER_PATH: $jupyter_prefix/share/jupyter (IRkernel spec 'ir')"

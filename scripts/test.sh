@@ -4,7 +4,7 @@
 # runs every test: format and lint checks, the Rust tests (unit, property,
 # launcher integration, end-to-end), a short fuzz smoke run, and the pytest
 # suites against real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark and
-# Jupyter Server 2 (gateway-lite).
+# Jupyter Server 2, JupyterLab 4 (headless chromium) and EG's own itests (gateway-lite).
 #   scripts/test.sh              everything
 #   KL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
 set -euo pipefail
@@ -32,6 +32,11 @@ export KL_STATIC_LAUNCHER="$root/target/x86_64-unknown-linux-gnu/release/kernel-
 export KL_BUSYBOX=/bin/busybox
 export KERNEL_LAUNCHER="$root/target/debug/kernel-launcher"
 
+step "Docker kernel image (debootstrap rootfs cached under \$HOME/.cache)"
+# The gateway-lite Docker tests need it; they fail (not skip) when Docker is unusable.
+KL_KERNEL_IMAGE="$(images/python-kernel/build.sh | tail -n 1)"
+export KL_KERNEL_IMAGE
+
 step "Rust tests (unit, property, launcher integration, end-to-end)"
 cargo nextest run --workspace --locked --no-fail-fast
 
@@ -43,6 +48,6 @@ fi
 step "real peers: EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark"
 "$KL_PY_EG" -m pytest -p no:cacheprovider -v tests/eg tests/spark
 
-step "real peers: Jupyter Server 2 with --gateway-url at gateway-lite"
+step "real peers against gateway-lite: Jupyter Server 2, JupyterLab 4 (headless chromium), EG 3.3.0 itests"
 cargo build --locked -p gateway-lite
-"$KL_PY_GP" -m pytest -p no:cacheprovider -v tests/gateway
+"$KL_PY_LAB" -m pytest -p no:cacheprovider -v -rxX tests/gateway

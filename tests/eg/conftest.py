@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -35,6 +34,8 @@ sys.path.insert(0, str(HERE))
 
 import klhelpers  # noqa: E402  (tests/eg/klhelpers.py)
 from klhelpers import (  # noqa: E402
+    EG_LEGACY_OPTS,
+    PLAIN_OPTS,
     JupyterRest,
     free_port,
     kill_tree,
@@ -44,32 +45,7 @@ from klhelpers import (  # noqa: E402
 # ----------------------------------------------------------------------------- environment
 
 
-def _load_env() -> dict[str, str]:
-    cache = os.environ.get("KL_CACHE") or str(Path.home() / ".cache" / "kernel-launcher")
-    values: dict[str, str] = {"KL_CACHE": cache}
-    env_file = Path(cache) / "env.sh"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            line = line.strip()
-            if not line.startswith("export "):
-                continue
-            key, _, raw = line[len("export ") :].partition("=")
-            parts = shlex.split(raw)
-            values[key] = parts[0] if parts else ""
-    for key in list(values) + [
-        "KL_PY_KERNEL",
-        "KL_PY_EG",
-        "KL_PY_GP",
-        "KL_EG_SDIST",
-        "KL_JUPYTER_PATH",
-        "KL_R",
-    ]:
-        if os.environ.get(key):
-            values[key] = os.environ[key]
-    return values
-
-
-KL_ENV = _load_env()
+KL_ENV = klhelpers.load_kl_env()
 
 
 def _need(key: str) -> str:
@@ -143,26 +119,6 @@ GP_PROVISIONER = {
     "kernel_provisioner": {"provisioner_name": "distributed-provisioner", "config": {}}
 }
 
-EG_LEGACY_OPTS = [
-    "--RemoteProcessProxy.kernel-id",
-    "{kernel_id}",
-    "--RemoteProcessProxy.response-address",
-    "{response_address}",
-    "--RemoteProcessProxy.public-key",
-    "{public_key}",
-    "--RemoteProcessProxy.port-range",
-    "{port_range}",
-]
-PLAIN_OPTS = [
-    "--kernel-id",
-    "{kernel_id}",
-    "--response-address",
-    "{response_address}",
-    "--public-key",
-    "{public_key}",
-    "--port-range",
-    "{port_range}",
-]
 # What gateway_provisioners 0.5.0's own kernelspecs pass (kernel-specs/ssh_python/kernel.json).
 GP_OPTS = [
     "--kernel-id",
@@ -317,24 +273,7 @@ def _stop_server(server: Server) -> None:
 
 
 def _base_env(sd: Path, jupyter_path: list[Path], marker: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JUPYTER", "EG_", "GP_", "KERNEL_", "PYTEST", "VIRTUAL_ENV"))
-    }
-    env.update(
-        {
-            "JUPYTER_PATH": os.pathsep.join(str(p) for p in jupyter_path),
-            "JUPYTER_CONFIG_DIR": str(sd / "config"),
-            "JUPYTER_DATA_DIR": str(sd / "data"),
-            "JUPYTER_RUNTIME_DIR": str(sd / "runtime"),
-            "JUPYTER_PLATFORM_DIRS": "1",
-            "IPYTHONDIR": str(sd / "ipython"),
-            "KL_E2E_SERVER": marker,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
+    return klhelpers.isolated_env(sd, marker, jupyter_path)
 
 
 def eg_command(eg_python: str, port: int) -> list[str]:

@@ -1,12 +1,15 @@
 """Helpers for the real-peer e2e tests: ports, processes (/proc, no psutil), a small
-Jupyter REST + WebSocket client (requests + websocket-client), and the kernel lifecycle
-scenario shared by the EG and gateway_provisioners tests."""
+Jupyter REST + WebSocket client (requests + websocket-client), the kernel lifecycle
+scenario shared by the EG and gateway_provisioners tests, and the runner of EG's own
+itests (shared by tests/eg and tests/gateway)."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,6 +25,60 @@ import websocket
 START_TIMEOUT = 120
 EXEC_TIMEOUT = 60
 GONE_TIMEOUT = 30
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def load_kl_env() -> dict[str, str]:
+    """$KL_CACHE/env.sh (written by scripts/setup-env.sh) as a dict; environment variables of
+    the same name win."""
+    cache = os.environ.get("KL_CACHE") or str(Path.home() / ".cache" / "kernel-launcher")
+    values: dict[str, str] = {"KL_CACHE": cache}
+    env_file = Path(cache) / "env.sh"
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            line = line.strip()
+            if not line.startswith("export "):
+                continue
+            key, _, raw = line[len("export ") :].partition("=")
+            parts = shlex.split(raw)
+            values[key] = parts[0] if parts else ""
+    for key in list(values) + [
+        "KL_PY_KERNEL",
+        "KL_PY_EG",
+        "KL_PY_GP",
+        "KL_PY_LAB",
+        "KL_EG_SDIST",
+        "KL_JUPYTER_PATH",
+        "KL_R",
+    ]:
+        if os.environ.get(key):
+            values[key] = os.environ[key]
+    return values
+
+
+# Launcher options of EG 3.3.0's own kernelspecs (RemoteProcessProxy.*), and the plain spelling.
+EG_LEGACY_OPTS = [
+    "--RemoteProcessProxy.kernel-id",
+    "{kernel_id}",
+    "--RemoteProcessProxy.response-address",
+    "{response_address}",
+    "--RemoteProcessProxy.public-key",
+    "{public_key}",
+    "--RemoteProcessProxy.port-range",
+    "{port_range}",
+]
+PLAIN_OPTS = [
+    "--kernel-id",
+    "{kernel_id}",
+    "--response-address",
+    "{response_address}",
+    "--public-key",
+    "{public_key}",
+    "--port-range",
+    "{port_range}",
+]
 
 
 # ----------------------------------------------------------------------------- ports / http
@@ -466,3 +523,86 @@ def run_lifecycle(server, spec, failure_context, check_reported_pid: bool) -> No
                     os.kill(p.pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+# ----------------------------------------------------------------------------- EG's own itests
+
+ITEST_CLASSES = {
+    # file -> (pytest -k selector, number of tests it selects)
+    "python": ("test_python_kernel.py", "TestPythonKernelLocal or TestPythonKernelDistributed", 10),
+    "r": ("test_r_kernel.py", "TestRKernelLocal", 4),
+}
+
+
+def run_eg_itests(
+    py_eg: str, sdist: Path, gateway_host: str, test_file: str, selector: str, env_names: dict, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run enterprise_gateway/itests/<test_file> from the EG 3.3.0 sdist (with venv-eg's python)
+    against the gateway at gateway_host ("127.0.0.1:port").
+
+    The itests' GatewayClient reads GATEWAY_HOST (default localhost:8888), KERNEL_USERNAME,
+    KERNEL_LAUNCH_TIMEOUT and REQUEST_TIMEOUT at import time; test_base.py builds its hostname
+    regex from ITEST_HOSTNAME_PREFIX + "*" (an empty prefix gives the invalid regex "*")."""
+    sdist = Path(sdist)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(sdist.parent),
+        "GATEWAY_HOST": gateway_host,
+        "KERNEL_USERNAME": "kl-e2e",
+        "KERNEL_LAUNCH_TIMEOUT": "90",
+        "REQUEST_TIMEOUT": "30",  # per-message wait of the itests client; generous for these cells
+        "ITEST_HOSTNAME_PREFIX": socket.gethostname(),
+        "LOG_LEVEL": "INFO",
+        **env_names,
+    }
+    cmd = [
+        py_eg,
+        "-m",
+        "pytest",
+        f"enterprise_gateway/itests/{test_file}",
+        "-k",
+        selector,
+        "-v",
+        "--maxfail=2",  # a broken kernel costs REQUEST_TIMEOUT per cell; two failures say enough
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        "/dev/null",  # not the sdist's pyproject (its filterwarnings=error targets EG's unit tests)
+        "--rootdir",
+        str(sdist),
+    ]
+    return subprocess.run(cmd, cwd=sdist, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_itests(proc: subprocess.CompletedProcess, expected_passed: int, what: str = "EG itests") -> None:
+    out = proc.stdout + proc.stderr
+    m = re.search(r"(\d+) passed", out)
+    passed = int(m.group(1)) if m else 0
+    assert proc.returncode == 0 and passed == expected_passed and " failed" not in out, (
+        f"{what}: exit {proc.returncode}, {passed} passed (expected {expected_passed})\n{out[-12000:]}"
+    )
+
+
+def isolated_env(directory, marker: str, jupyter_path=()) -> dict:
+    """This process's environment without Jupyter, gateway or kernel settings, with every
+    Jupyter directory under `directory`, `jupyter_path` as JUPYTER_PATH, and `marker` in
+    KL_E2E_SERVER so whatever the server starts can be found and killed (pids_with_env)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JUPYTER", "EG_", "GP_", "GATEWAY_LITE", "KERNEL_", "PYTEST", "VIRTUAL_ENV"))
+    }
+    d = Path(directory)
+    env.update(
+        {
+            "JUPYTER_PATH": os.pathsep.join(str(p) for p in jupyter_path),
+            "JUPYTER_CONFIG_DIR": str(d / "config"),
+            "JUPYTER_DATA_DIR": str(d / "data"),
+            "JUPYTER_RUNTIME_DIR": str(d / "runtime"),
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "IPYTHONDIR": str(d / "ipython"),
+            "KL_E2E_SERVER": marker,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env

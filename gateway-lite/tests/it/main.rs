@@ -1,7 +1,11 @@
 //! Integration tests: the real gateway-lite binary, kernel-launcher and ipykernel, driven over
 //! REST and WebSocket as Jupyter clients drive them.
 
+mod docker;
+mod policy;
+mod ssh;
 mod support;
+mod ws;
 
 use serde_json::{Value, json};
 use support::{Gateway, Options, processes_of, wait_no_processes};
@@ -255,6 +259,8 @@ async fn bad_requests() {
 async fn websocket_abuse() {
     let gw = Gateway::start(Options {
         max_message_bytes: 64 * 1024,
+        // The end of this test needs a death that stays a death.
+        args: vec!["--restart-limit".into(), "0".into()],
         ..Options::default()
     });
     let id = gw.start_kernel("py").await;

@@ -67,11 +67,17 @@ pub struct Gateway {
     pub port: u16,
     pub token: Option<String>,
     pub dir: PathBuf,
+    /// Leave `dir` in place on drop (a later gateway reuses it).
+    keep_dir: bool,
 }
 
 pub struct Options {
     pub token: Option<&'static str>,
     pub max_message_bytes: usize,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Reuse this directory (specs, log, state) instead of a new one.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -79,6 +85,8 @@ impl Default for Options {
         Options {
             token: None,
             max_message_bytes: 1024 * 1024,
+            args: Vec::new(),
+            dir: None,
         }
     }
 }
@@ -97,7 +105,9 @@ impl Gateway {
     pub fn start(opts: Options) -> Gateway {
         let py = python();
         let launcher = launcher();
-        let dir = std::env::temp_dir().join(format!("gl-it-{}", uuid::Uuid::new_v4()));
+        let dir = opts.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("gl-it-{}", uuid::Uuid::new_v4()))
+        });
         let specs = dir.join("specs");
         let ipy = json!([py, "-m", "ipykernel_launcher", "-f", "{connection_file}"]);
         write_spec(
@@ -154,7 +164,14 @@ impl Gateway {
             .env("GATEWAY_LITE_LOG", "info,gateway_lite=debug")
             .env_remove("GATEWAY_LITE_AUTH_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap());
+            .args(&opts.args)
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("gateway.log"))
+                    .unwrap(),
+            );
         if let Some(t) = opts.token {
             cmd.args(["--auth-token", t]);
         }
@@ -178,7 +195,18 @@ impl Gateway {
             port,
             token: opts.token.map(str::to_owned),
             dir,
+            keep_dir: false,
         }
+    }
+
+    /// Sends `signal` to the gateway, waits for it to exit and keeps its directory for a
+    /// successor (`Options::dir`).
+    pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> PathBuf {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let _ = self.child.wait();
+        self.keep_dir = true;
+        self.dir.clone()
     }
 
     pub fn log(&self) -> String {
@@ -272,8 +300,25 @@ impl Gateway {
     }
 
     pub async fn connect(&self, kernel_id: &str, v1: bool) -> KernelClient {
+        let header_session = uuid::Uuid::new_v4().to_string();
+        self.open(kernel_id, "it", &header_session, v1).await
+    }
+
+    /// Connects with `?session_id=<session>`; the client also uses `session` in its message
+    /// headers, as JupyterLab does.
+    pub async fn connect_as(&self, kernel_id: &str, session: &str, v1: bool) -> KernelClient {
+        self.open(kernel_id, session, session, v1).await
+    }
+
+    async fn open(
+        &self,
+        kernel_id: &str,
+        session_id: &str,
+        header_session: &str,
+        v1: bool,
+    ) -> KernelClient {
         let url = format!(
-            "ws://127.0.0.1:{}/api/kernels/{kernel_id}/channels?session_id=it",
+            "ws://127.0.0.1:{}/api/kernels/{kernel_id}/channels?session_id={session_id}",
             self.port
         );
         let mut req = url.into_client_request().unwrap();
@@ -303,7 +348,7 @@ impl Gateway {
         KernelClient {
             ws,
             v1,
-            session: uuid::Uuid::new_v4().to_string(),
+            session: header_session.to_owned(),
         }
     }
 }
@@ -320,10 +365,10 @@ impl Drop for Gateway {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
+        if std::thread::panicking() {
             eprintln!("gateway log kept in {}", self.dir.display());
+        } else if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
