@@ -62,11 +62,8 @@ async fn lifecycle_over_the_legacy_protocol() {
     assert_eq!(status, 204, "{body}");
     let out = c.collect(&sleep_id).await;
     assert_eq!(out.ename, "KeyboardInterrupt", "{out:?}");
-    assert_eq!(
-        c.execute("x").await.text,
-        "5",
-        "the kernel survives the interrupt"
-    );
+    let out = c.execute("x").await;
+    assert_eq!(out.text, "5", "the kernel survives the interrupt: {out:?}");
 
     // Restart: same id, variables gone; the same WebSocket keeps working.
     let before = processes_of(&id);

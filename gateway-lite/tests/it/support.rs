@@ -497,12 +497,19 @@ impl KernelClient {
     }
 
     /// Starts `time.sleep(60)` and returns its request id once the kernel runs it.
+    ///
+    /// The cell is sent with `stop_on_error: false`. With `true` (ipykernel's default), the
+    /// KeyboardInterrupt of an interrupt test makes ipykernel abort queued execute requests, and
+    /// it clears that state on a later event-loop turn (`call_later(stop_on_error_timeout)`),
+    /// after `idle` is already out: a request sent as soon as `idle` arrives can come back
+    /// `aborted` on a loaded machine. That is ipykernel's behaviour, not the gateway's.
     pub async fn start_sleep(&mut self) -> String {
         let id = self
             .send(
                 "shell",
                 "execute_request",
-                json!({"code": "import time; time.sleep(60)", "silent": false}),
+                json!({"code": "import time; time.sleep(60)", "silent": false,
+                "stop_on_error": false}),
             )
             .await;
         loop {
