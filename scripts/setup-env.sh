@@ -34,6 +34,9 @@ mkdir -p "$KL_CACHE"
 apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2 busybox-static debootstrap)
 # openssh: gateway-lite's SSH provisioner tests run sshd in network namespaces and ssh into them.
 apt_packages+=(openssh-server openssh-client)
+# chromium: tests/gateway/test_jupyterlab.py drives JupyterLab in headless Debian chromium
+# through Debian's chromedriver (no browser can be downloaded from elsewhere).
+apt_packages+=(chromium chromium-driver)
 ensure_apt() {
     local missing=() p
     for p in "${apt_packages[@]}"; do
