@@ -87,6 +87,8 @@ struct Args {
     #[arg(long, env = "GATEWAY_LITE_SSH_USER")]
     ssh_user: Option<String>,
     /// How a remote host is chosen: round-robin, or least-connection (fewest live kernels).
+    /// Either way, a host ssh could not reach is skipped for 30 s while another is up, and
+    /// the launch that found it down is sent to another host.
     #[arg(
         long,
         env = "GATEWAY_LITE_LOAD_BALANCING",

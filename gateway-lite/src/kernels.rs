@@ -80,6 +80,10 @@ pub const MAX_ENV_VALUE: usize = 4096;
 /// A kernel that stays up this long after an automatic restart resets the attempt count.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// Most places one kernel start tries: a launcher that could not be run where it was sent
+/// (an unreachable SSH host) is sent elsewhere, up to this many times in all.
+const MAX_PLACEMENTS: u32 = 8;
+
 /// What the operator allows.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -751,36 +755,46 @@ impl Kernels {
             kernel_id: id.to_owned(),
             message: e.to_string(),
         };
-        let launched = l
-            .provisioners
-            .for_spec(spec)
-            .and_then(|p| {
-                p.launch(LaunchRequest {
+        let provisioner = l.provisioners.for_spec(spec).map_err(launch_error)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut attempts = 0;
+        let (launched, report) = loop {
+            attempts += 1;
+            let launched = provisioner
+                .launch(LaunchRequest {
                     kernel_id: id.to_owned(),
-                    argv,
-                    env: launch_env,
+                    argv: argv.clone(),
+                    env: launch_env.clone(),
                     log_file: self.state.as_ref().map(|s| s.log_file(id)),
                 })
-            })
-            .map_err(launch_error)?;
-        let mut exit = launched.exit.clone();
-        let report = tokio::select! {
-            r = &mut pending.report => r.map_err(|_| KernelError::Launch {
-                kernel_id: id.to_owned(),
-                message: "the payload wait was replaced".into(),
-            }),
-            e = exit.wait_for(Option::is_some) => {
-                let how = e.ok().and_then(|e| *e).map(|e| e.to_string()).unwrap_or_default();
-                Err(KernelError::Launch {
+                .map_err(launch_error)?;
+            let mut exit = launched.exit.clone();
+            let report = tokio::select! {
+                r = &mut pending.report => r.map_err(|_| KernelError::Launch {
                     kernel_id: id.to_owned(),
-                    message: format!("The launcher ended ({how}) before reporting its connection info:\n{}", launched.log.text()),
-                })
-            }
-            () = tokio::time::sleep(timeout) => Err(KernelError::Timeout {
-                kernel_id: id.to_owned(),
-                secs: timeout.as_secs_f64(),
-                log: launched.log.text(),
-            }),
+                    message: "the payload wait was replaced".into(),
+                }),
+                e = exit.wait_for(Option::is_some) => {
+                    let e = e.ok().and_then(|e| *e);
+                    // The launcher never ran where it was sent (an unreachable SSH host) and
+                    // the provisioner has somewhere else: launch again, within the timeout.
+                    if e.is_some_and(|e| e.retry_elsewhere) && attempts < MAX_PLACEMENTS {
+                        tracing::warn!(kernel_id = id, attempts, "launching elsewhere: {}", launched.log.text());
+                        continue;
+                    }
+                    let how = e.map(|e| e.to_string()).unwrap_or_default();
+                    Err(KernelError::Launch {
+                        kernel_id: id.to_owned(),
+                        message: format!("The launcher ended ({how}) before reporting its connection info:\n{}", launched.log.text()),
+                    })
+                }
+                () = tokio::time::sleep_until(deadline) => Err(KernelError::Timeout {
+                    kernel_id: id.to_owned(),
+                    secs: timeout.as_secs_f64(),
+                    log: launched.log.text(),
+                }),
+            };
+            break (launched, report);
         };
         let report = match report.and_then(|r| endpoints(id, r, launched.host.clone(), generation))
         {

@@ -309,6 +309,7 @@ impl Docker {
         let unknown = ExitInfo {
             code: None,
             signal: None,
+            retry_elsewhere: false,
         };
         let out = Command::new(&self.config.docker)
             .args(["wait", id])
@@ -325,10 +326,12 @@ impl Docker {
                     Some(c) if c > 128 && c < 128 + 65 => ExitInfo {
                         code: None,
                         signal: Some(c - 128),
+                        retry_elsewhere: false,
                     },
                     Some(c) => ExitInfo {
                         code: Some(c),
                         signal: None,
+                        retry_elsewhere: false,
                     },
                     None => unknown,
                 }

@@ -99,6 +99,7 @@ impl Provisioner for Local {
                     ExitInfo {
                         code: s.code(),
                         signal: s.signal(),
+                        retry_elsewhere: false,
                     }
                 }
                 Err(e) => {
@@ -106,6 +107,7 @@ impl Provisioner for Local {
                     ExitInfo {
                         code: None,
                         signal: None,
+                        retry_elsewhere: false,
                     }
                 }
             };
@@ -163,6 +165,7 @@ impl Provisioner for Local {
             let _ = tx.send(Some(ExitInfo {
                 code: None,
                 signal: None,
+                retry_elsewhere: false,
             }));
         });
         tracing::info!(kernel_id, pid, "re-attached to a running launcher");

@@ -122,12 +122,16 @@ pub enum LaunchError {
 }
 
 /// How a launcher ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExitInfo {
     /// Exit code, when it exited.
     pub code: Option<i32>,
     /// Signal number, when it was killed.
     pub signal: Option<i32>,
+    /// The launcher never ran because the place it was sent to could not be reached (an SSH
+    /// host that refused or timed out the connection), and the provisioner has another place
+    /// that may work: launching again is safe and may succeed.
+    pub retry_elsewhere: bool,
 }
 
 impl fmt::Display for ExitInfo {

@@ -37,8 +37,13 @@
 //! which runs `sh -c`.
 //!
 //! SSH always runs with `BatchMode=yes` (never a password prompt, which would hang a
-//! launch) and a `ConnectTimeout`. A host that cannot be reached fails that launch with
-//! ssh's own error; the next launch is balanced as usual (no host is skipped).
+//! launch) and a `ConnectTimeout`. A host that cannot be reached (ssh exits 255 before the
+//! launcher started) is marked down for [`DOWN_FOR`] and skipped by the balancing while
+//! another host is up; the launch that found it down ends with
+//! [`ExitInfo::retry_elsewhere`], so the kernel manager launches again on another host and
+//! the client never sees the failure. Only when no other host is up does the launch fail,
+//! with ssh's own error. A host marked down is tried again when its mark expires or when
+//! every host is down, and a launcher that starts on it clears the mark.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -46,7 +51,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -59,6 +64,9 @@ use super::{
 
 /// Longest log line kept whole; longer ones are split.
 const MAX_LINE: usize = 8 * 1024;
+
+/// How long a host whose ssh connection failed is skipped by the balancing.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
 /// How many times a lost watcher connection is re-established before the kernel is given up
 /// for dead (one second apart, plus the connect timeout each).
@@ -377,12 +385,39 @@ impl Where {
 /// Live kernels per host, for least-connection balancing.
 type Live = Arc<Mutex<HashMap<String, usize>>>;
 
+/// Hosts whose ssh connection failed, and when.
+#[derive(Debug, Clone, Default)]
+struct Down(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Down {
+    fn mark(&self, host: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(host.to_owned(), Instant::now());
+        }
+    }
+
+    fn clear(&self, host: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(host);
+        }
+    }
+
+    fn is_down(&self, host: &str) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(host).map(|t| t.elapsed() < DOWN_FOR))
+            .unwrap_or(false)
+    }
+}
+
 /// Runs launchers on remote hosts over SSH.
 #[derive(Debug)]
 pub struct Ssh {
     client: Arc<Client>,
     next: AtomicUsize,
     live: Live,
+    down: Down,
     addresses: Mutex<HashMap<String, IpAddr>>,
 }
 
@@ -396,6 +431,7 @@ impl Ssh {
             client: Arc::new(Client { settings }),
             next: AtomicUsize::new(0),
             live: Live::default(),
+            down: Down::default(),
             addresses: Mutex::default(),
         }
     }
@@ -410,13 +446,20 @@ impl Ssh {
         self.live.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// Chooses the host for the next kernel among `hosts` (not empty).
+    /// Chooses the host for the next kernel among `hosts`: among those not marked down, or
+    /// among all of them when every one is down.
     fn pick(&self, hosts: &[String]) -> Option<String> {
+        let up: Vec<&String> = hosts.iter().filter(|h| !self.down.is_down(h)).collect();
+        let hosts: Vec<&String> = if up.is_empty() {
+            hosts.iter().collect()
+        } else {
+            up
+        };
         if hosts.is_empty() {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % hosts.len();
-        let order = (0..hosts.len()).map(|i| &hosts[(start + i) % hosts.len()]);
+        let order = (0..hosts.len()).map(|i| hosts[(start + i) % hosts.len()]);
         let chosen = match self.client.settings.balancing {
             Balancing::RoundRobin => order.into_iter().next(),
             Balancing::LeastConnection => {
@@ -498,12 +541,19 @@ impl Ssh {
             log_file,
             pid_file,
         };
-        Ok(self.follow(&request.kernel_id, child, at, true))
+        Ok(self.follow(&request.kernel_id, child, at, Some(hosts)))
     }
 
     /// Follows a launcher through `child` (a launch or re-attach session), reconnecting
-    /// when the connection is lost after the launcher was seen running.
-    fn follow(&self, kernel_id: &str, child: Child, at: Where, fresh: bool) -> Launched {
+    /// when the connection is lost after the launcher was seen running. `candidates` are
+    /// the hosts a fresh launch could have gone to; `None` for a re-attach.
+    fn follow(
+        &self,
+        kernel_id: &str,
+        child: Child,
+        at: Where,
+        candidates: Option<&[String]>,
+    ) -> Launched {
         let placement = at.placement();
         let Where {
             host,
@@ -524,7 +574,15 @@ impl Ssh {
             log_file,
             pid_file: pid_file.clone(),
             log: log.clone(),
+            down: self.down.clone(),
+            others: candidates
+                .unwrap_or_default()
+                .iter()
+                .filter(|h| **h != host)
+                .cloned()
+                .collect(),
         };
+        let fresh = candidates.is_some();
         let live = self.live.clone();
         let flag = exited.clone();
         tokio::spawn(async move {
@@ -591,7 +649,7 @@ impl Provisioner for Ssh {
             log_file: log_file.clone(),
             pid_file: pid_file.clone(),
         };
-        Ok(self.follow(kernel_id, child, at, false))
+        Ok(self.follow(kernel_id, child, at, None))
     }
 }
 
@@ -636,6 +694,10 @@ struct Watch {
     log_file: String,
     pid_file: String,
     log: LogTail,
+    /// Where hosts are marked down.
+    down: Down,
+    /// The other hosts a fresh launch could have gone to.
+    others: Vec<String>,
 }
 
 impl Watch {
@@ -651,10 +713,12 @@ impl Watch {
                         Some(rc) if (129..160).contains(&rc) => ExitInfo {
                             code: None,
                             signal: Some(rc - 128),
+                            retry_elsewhere: false,
                         },
                         rc => ExitInfo {
                             code: rc,
                             signal: None,
+                            retry_elsewhere: false,
                         },
                     };
                 }
@@ -666,6 +730,7 @@ impl Watch {
                     return ExitInfo {
                         code: None,
                         signal: None,
+                        retry_elsewhere: false,
                     };
                 }
                 Ended::Lost { started, status } => {
@@ -684,9 +749,19 @@ impl Watch {
                             self.host
                         ));
                         use std::os::unix::process::ExitStatusExt;
+                        let code = status.and_then(|s| s.code());
+                        // ssh's own failures (connect, auth) are exit status 255; the script
+                        // itself never ends with 255 without its exit marker.
+                        let unreachable = fresh && !seen_running && code == Some(255);
+                        if unreachable {
+                            self.down.mark(&self.host);
+                            tracing::warn!(kernel_id = %self.kernel_id, host = %self.host, "ssh cannot reach the host; it is skipped for {}s", DOWN_FOR.as_secs());
+                        }
                         return ExitInfo {
-                            code: status.and_then(|s| s.code()),
+                            code,
                             signal: status.and_then(|s| s.signal()),
+                            retry_elsewhere: unreachable
+                                && self.others.iter().any(|h| !self.down.is_down(h)),
                         };
                     }
                     failures += 1;
@@ -700,6 +775,7 @@ impl Watch {
                             return ExitInfo {
                                 code: None,
                                 signal: None,
+                                retry_elsewhere: false,
                             };
                         }
                     }
@@ -732,6 +808,7 @@ impl Watch {
                     }
                 } else if let Some(rest) = line.strip_prefix(STARTED) {
                     started = true;
+                    self.down.clear(&self.host);
                     tracing::info!(kernel_id = %self.kernel_id, host = %self.host, "remote launcher pid and start time: {rest}");
                 } else if line == GONE {
                     gone = true;
@@ -988,6 +1065,32 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, ["a", "b", "c"], "{picks:?}");
         assert!("fastest".parse::<Balancing>().is_err());
+    }
+
+    #[test]
+    fn hosts_marked_down_are_skipped_while_another_is_up() {
+        let hosts = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        for balancing in [Balancing::RoundRobin, Balancing::LeastConnection] {
+            let s = ssh(balancing);
+            s.down.mark("b");
+            let picks: Vec<_> = (0..4).map(|_| s.pick(&hosts).unwrap()).collect();
+            assert!(!picks.contains(&"b".to_owned()), "{balancing:?}: {picks:?}");
+            // Every host down: all are candidates again (a launch must try something).
+            s.down.mark("a");
+            s.down.mark("c");
+            let mut picks: Vec<_> = (0..3).map(|_| s.pick(&hosts).unwrap()).collect();
+            picks.sort();
+            assert_eq!(picks, ["a", "b", "c"], "{balancing:?}");
+            // A launcher that starts on a host clears its mark.
+            s.down.clear("a");
+            assert_eq!(s.pick(&hosts).unwrap(), "a", "{balancing:?}");
+        }
+        // A mark expires.
+        let s = ssh(Balancing::RoundRobin);
+        if let Some(t) = Instant::now().checked_sub(DOWN_FOR) {
+            s.down.0.lock().unwrap().insert("a".into(), t);
+            assert!(!s.down.is_down("a"));
+        }
     }
 
     #[test]
