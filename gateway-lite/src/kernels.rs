@@ -74,6 +74,9 @@ impl Default for Grace {
 /// How long the readiness probe waits for `kernel_info_reply`.
 const READY_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a signal interrupt waits for a starting kernel to become ready.
+const INTERRUPT_READY_WAIT: Duration = Duration::from_secs(30);
+
 /// Longest value of a `KERNEL_*` variable.
 pub const MAX_ENV_VALUE: usize = 4096;
 
@@ -214,6 +217,8 @@ pub struct Kernel {
     record: Mutex<Option<KernelRecord>>,
     /// Consecutive automatic restarts, and when the last one happened.
     auto_restarts: Mutex<(u32, Option<Instant>)>,
+    /// The latest generation that answered the readiness probe (`kernel_info_reply`).
+    ready: watch::Sender<u64>,
 }
 
 impl Kernel {
@@ -241,6 +246,7 @@ impl Kernel {
             stopping: AtomicBool::new(false),
             record: Mutex::new(None),
             auto_restarts: Mutex::new((0, None)),
+            ready: watch::Sender::new(0),
         }
     }
 
@@ -827,8 +833,30 @@ impl Kernels {
 
     /// Interrupts kernel `id`: `interrupt_request` on control for `interrupt_mode: message`,
     /// else `{"signum": 2}` on the comm port (SIGINT to the launcher's group without one).
+    ///
+    /// Interop quirk: ipykernel ignores SIGINT between cells, but only once it has set that
+    /// up; a SIGINT in the first few hundred milliseconds after the launcher reported kills
+    /// the kernel (Enterprise Gateway has the same race). So a signal interrupt waits, up to
+    /// [`INTERRUPT_READY_WAIT`], until this incarnation has answered `kernel_info_request`.
     pub async fn interrupt(&self, id: &str) -> Result<(), KernelError> {
         let kernel = self.get(id)?;
+        let generation = match &*kernel.phase.borrow() {
+            Phase::Running(ep) => Some(ep.generation),
+            _ => None,
+        };
+        if let Some(generation) = generation.filter(|_| !kernel.spec.interrupt_by_message) {
+            let mut ready = kernel.ready.subscribe();
+            let mut phase = kernel.phase();
+            tokio::select! {
+                r = tokio::time::timeout(INTERRUPT_READY_WAIT, ready.wait_for(|g| *g >= generation)) => {
+                    if r.is_err() {
+                        tracing::warn!(kernel_id = id, "interrupting a kernel that has not answered kernel_info yet");
+                    }
+                }
+                // Restarted, shut down or dead meanwhile: answered below.
+                _ = phase.wait_for(|p| !matches!(p, Phase::Running(e) if e.generation == generation)) => {}
+            }
+        }
         let guard = kernel.process.lock().await;
         let Some(p) = guard
             .as_ref()
@@ -1096,6 +1124,11 @@ async fn monitor(
                 {
                     a.execution_state = "idle".into();
                 }
+                k.ready.send_if_modified(|g| {
+                    let newer = *g < probe_ep.generation;
+                    *g = (*g).max(probe_ep.generation);
+                    newer
+                });
             }
             (Err(e), _) => tracing::debug!("readiness probe: {e}"),
             _ => {}

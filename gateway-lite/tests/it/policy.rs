@@ -309,3 +309,40 @@ async fn metrics_need_the_token() {
     assert!(body.contains("# TYPE gateway_lite_kernels gauge"), "{body}");
     assert!(body.contains("process_resident_memory_bytes "), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupt_right_after_the_start_does_not_kill_the_kernel() {
+    // POST returns as soon as the launcher reports, well before ipykernel ignores SIGINT
+    // between cells; a SIGINT then would end the kernel. With no automatic restart, a death
+    // would show.
+    let gw = Gateway::start(opts(&["--restart-limit", "0"]));
+    let id = gw.start_kernel("py").await;
+    let (status, _, body) = gw
+        .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, model) = gw.json("GET", &format!("/api/kernels/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_ne!(model["execution_state"], "dead", "{model}\n{}", gw.log());
+    let mut c = gw.connect(&id, true).await;
+    let out = c.execute("1+1").await;
+    assert_eq!(out.text, "2", "{out:?}\n{}", gw.log());
+
+    // An interrupt waiting for a kernel that is shut down meanwhile ends with the shutdown.
+    let id = gw.start_kernel("py").await;
+    let (interrupt_url, kernel_url) = (
+        format!("/api/kernels/{id}/interrupt"),
+        format!("/api/kernels/{id}"),
+    );
+    let (interrupt, delete) = tokio::join!(
+        gw.http("POST", &interrupt_url, None),
+        gw.http("DELETE", &kernel_url, None),
+    );
+    assert_eq!(delete.0, 204, "{}", delete.2);
+    assert!(
+        [204, 404, 409].contains(&interrupt.0),
+        "{} {}",
+        interrupt.0,
+        interrupt.2
+    );
+}
