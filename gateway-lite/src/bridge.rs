@@ -34,13 +34,14 @@
 //! `session_id` query parameter. A client that reconnects with the same `session_id` takes
 //! the sockets back and receives the kept messages, in order, before live traffic; a
 //! connection with another `session_id` discards them. Unlike Jupyter Server's list, the
-//! backlog is bounded by [`PARK_MAX_MESSAGES`] and [`PARK_MAX_BYTES`] (oldest dropped
-//! first, logged once), and nothing is kept for a client without a `session_id` (no later
-//! connection could claim it). The backlog lives in a registry of this module keyed by
+//! backlog is bounded by [`PARK_MAX_MESSAGES`] and [`PARK_MAX_BYTES`] per kernel and by
+//! [`PARK_TOTAL_MAX_BYTES`] across all kernels (oldest of the growing backlog dropped first,
+//! logged once), and nothing is kept for a client without a `session_id` (no later
+//! connection could claim it). The total is the `gateway_lite_kept_bytes` gauge. The backlog lives in a registry of this module keyed by
 //! kernel id, not on [`Kernel`]; it is removed when the kernel is shut down.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub const IN_QUEUE: usize = 64;
 pub const PARK_MAX_MESSAGES: usize = 10_000;
 /// Bytes kept for a kernel while no client is connected.
 pub const PARK_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes kept across all kernels while their clients are away: with hundreds of kernels,
+/// the per-kernel bound alone would not bound the gateway.
+pub const PARK_TOTAL_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// How long one nudge waits for iopub before sending another.
 const NUDGE_WAIT: Duration = Duration::from_millis(500);
 /// How many nudges before giving up (the client still gets a working bridge).
@@ -509,12 +513,42 @@ async fn forward(out: &Outbox, framing: Framing, channel: Channel, msg: &WireMes
     out.send(frame).await
 }
 
-/// Messages kept while no client is connected, oldest first, bounded in count and bytes.
-#[derive(Default)]
+/// Bytes held by backlogs, shared by the backlogs of every kernel.
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+static BUDGET: Budget = Budget {
+    used: AtomicUsize::new(0),
+    max: PARK_TOTAL_MAX_BYTES,
+};
+
+/// Bytes kept now across all kernels for clients that are away.
+pub fn kept_bytes() -> usize {
+    BUDGET.used.load(Ordering::Relaxed)
+}
+
+/// Messages kept while no client is connected, oldest first, bounded in count and bytes,
+/// and drawing on a budget shared with the other kernels' backlogs.
 struct Backlog {
     items: VecDeque<(Channel, WireMessage)>,
     bytes: usize,
     dropped: usize,
+    budget: &'static Budget,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog::with_budget(&BUDGET)
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 fn size_of(msg: &WireMessage) -> usize {
@@ -526,19 +560,36 @@ fn size_of(msg: &WireMessage) -> usize {
 }
 
 impl Backlog {
+    fn with_budget(budget: &'static Budget) -> Self {
+        Backlog {
+            items: VecDeque::new(),
+            bytes: 0,
+            dropped: 0,
+            budget,
+        }
+    }
+
     fn push(&mut self, kernel_id: &str, channel: Channel, msg: WireMessage) {
-        self.bytes += size_of(&msg);
+        let size = size_of(&msg);
+        self.bytes += size;
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
         self.items.push_back((channel, msg));
-        while self.items.len() > PARK_MAX_MESSAGES || self.bytes > PARK_MAX_BYTES {
+        while self.items.len() > PARK_MAX_MESSAGES
+            || self.bytes > PARK_MAX_BYTES
+            || self.budget.used.load(Ordering::Relaxed) > self.budget.max
+        {
             let Some((_, old)) = self.items.pop_front() else {
                 break;
             };
-            self.bytes -= size_of(&old);
+            let size = size_of(&old);
+            self.bytes -= size;
+            self.budget.used.fetch_sub(size, Ordering::Relaxed);
             if self.dropped == 0 {
                 tracing::warn!(
                     kernel_id,
                     max_messages = PARK_MAX_MESSAGES,
                     max_bytes = PARK_MAX_BYTES,
+                    max_total_bytes = self.budget.max,
                     "no client connected and the backlog is full: dropping the oldest messages"
                 );
             }
@@ -734,6 +785,40 @@ mod tests {
         // One message larger than the whole budget is not kept either.
         b.push("k", Channel::Iopub, msg(&vec![b'y'; PARK_MAX_BYTES + 1]));
         assert!(b.items.is_empty() && b.bytes == 0);
+    }
+
+    #[test]
+    fn backlogs_share_a_total_budget() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget {
+            used: AtomicUsize::new(0),
+            max: 1000,
+        }));
+        let mut a = Backlog::with_budget(budget);
+        let mut b = Backlog::with_budget(budget);
+        for _ in 0..6 {
+            a.push("a", Channel::Iopub, msg(&[b'a'; 100]));
+        }
+        let each = size_of(&msg(&[b'a'; 100]));
+        assert_eq!(budget.used.load(Ordering::Relaxed), 6 * each);
+        // b grows past the total: b's own oldest go, a keeps what it has.
+        for _ in 0..6 {
+            b.push("b", Channel::Iopub, msg(&[b'b'; 100]));
+        }
+        assert_eq!(a.items.len(), 6);
+        assert_eq!(b.items.len(), 1000 / each - 6);
+        assert!(b.dropped > 0);
+        assert!(budget.used.load(Ordering::Relaxed) <= budget.max);
+        // Replayed (dropped) backlogs give their bytes back.
+        drop(a);
+        assert_eq!(budget.used.load(Ordering::Relaxed), b.bytes);
+        b.push("b", Channel::Iopub, msg(&[b'b'; 100]));
+        assert_eq!(
+            b.dropped,
+            12 - 1000 / each,
+            "room again after a's bytes came back"
+        );
+        drop(b);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -94,6 +94,17 @@ impl Metrics {
         let _ = writeln!(out, "gateway_lite_websocket_connections {connections}");
         head(
             &mut out,
+            "gateway_lite_kept_bytes",
+            "gauge",
+            "Bytes of kernel messages kept for clients that are away.",
+        );
+        let _ = writeln!(
+            out,
+            "gateway_lite_kept_bytes {}",
+            crate::bridge::kept_bytes()
+        );
+        head(
+            &mut out,
             "gateway_lite_kernel_starts_total",
             "counter",
             "Kernel starts by outcome.",

@@ -70,6 +70,16 @@ async fn start_cell(c: &mut KernelClient, code: &str) -> String {
     }
 }
 
+/// The `gateway_lite_kept_bytes` gauge.
+async fn kept_bytes(gw: &Gateway) -> u64 {
+    let (status, _, body) = gw.http("GET", "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("gateway_lite_kept_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gateway_lite_kept_bytes in {body}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_are_kept_for_the_same_session_while_disconnected() {
     let gw = Gateway::start(Options::default());
@@ -90,6 +100,10 @@ async fn messages_are_kept_for_the_same_session_while_disconnected() {
         // Not needed for correctness (messages arriving after the reconnect come through the
         // handed-over sockets too); gives the reply time to land in the backlog.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            kept_bytes(&gw).await > 0,
+            "the kept output shows in /metrics"
+        );
         let mut c = gw.connect_as(&id, &session, v1).await;
         let out = c.collect(&cell).await;
         assert_eq!(
@@ -97,6 +111,7 @@ async fn messages_are_kept_for_the_same_session_while_disconnected() {
             ("late output\n", "ok"),
             "{out:?}"
         );
+        assert_eq!(kept_bytes(&gw).await, 0, "replayed messages are let go");
         // The connection is an ordinary one afterwards.
         assert_eq!(c.execute("6*7").await.text, "42");
         c.ws.close(None).await.unwrap();
