@@ -27,6 +27,10 @@ pub struct KernelCommand {
 
 const PLACEHOLDER: &str = "{connection_file}";
 
+fn runs_ipykernel(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.contains("ipykernel"))
+}
+
 impl KernelCommand {
     /// Picks the kernel argv: the explicit one, or the default for `language`.
     ///
@@ -49,7 +53,7 @@ impl KernelCommand {
             let mut argv = argv;
             let mut ignored_class = None;
             if let Some(class) = kernel_class {
-                if argv.iter().any(|a| a.contains("ipykernel")) {
+                if runs_ipykernel(&argv) {
                     argv.push(format!("--IPKernelApp.kernel_class={class}"));
                 } else {
                     ignored_class = Some(class.to_string());
@@ -95,6 +99,12 @@ impl KernelCommand {
             is_default: true,
             ignored_class: None,
         })
+    }
+
+    /// Whether the argv runs ipykernel (the default for Python, or an explicit argv naming
+    /// it), whose start-up is not safe to interrupt (see `supervise`).
+    pub fn runs_ipykernel(&self) -> bool {
+        runs_ipykernel(&self.argv)
     }
 
     /// Warnings about the command worth logging once.

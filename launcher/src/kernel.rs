@@ -83,8 +83,49 @@ impl Kernel {
         }
     }
 
+    /// Whether the kernel process ignores SIGINT now (`SigIgn` in `/proc/<pid>/status`);
+    /// `None` when that cannot be read.
+    pub fn ignores_sigint(&self) -> Option<bool> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        ignores_sigint(&status)
+    }
+
     /// Whether any process (zombies included) is left in the kernel's group.
     pub fn group_exists(&self) -> bool {
         !matches!(killpg(Pid::from_raw(self.pid), None), Err(Errno::ESRCH))
+    }
+}
+
+/// Reads SIGINT's bit of the `SigIgn:` mask (hex, bit n-1 for signal n) of a
+/// `/proc/<pid>/status` text.
+fn ignores_sigint(status: &str) -> Option<bool> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(str::trim)?;
+    let mask = u64::from_str_radix(mask.get(mask.len().saturating_sub(16)..)?, 16).ok()?;
+    Some(mask & (1 << (Signal::SIGINT as i32 - 1)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigign_mask() {
+        let status = |m: &str| {
+            format!(
+                "Name:\tpython3\nSigBlk:\t0000000000000000\nSigIgn:\t{m}\nSigCgt:\t0000000000000002\n"
+            )
+        };
+        assert_eq!(ignores_sigint(&status("0000000001001002")), Some(true));
+        assert_eq!(ignores_sigint(&status("0000000001001000")), Some(false));
+        assert_eq!(ignores_sigint(&status("zz")), None);
+        assert_eq!(ignores_sigint("Name:\tx\n"), None);
+        // A live process: the mask can be read.
+        let me = Kernel {
+            pid: std::process::id() as i32,
+        };
+        assert!(me.ignores_sigint().is_some());
     }
 }

@@ -197,7 +197,14 @@ pub fn run(config: Config) -> i32 {
     }
     drop(tx);
 
-    let code = Supervisor::new(kernel, comm, config.grace, config.exit_with_parent).run(&rx);
+    let code = Supervisor::new(
+        kernel,
+        comm,
+        config.grace,
+        config.exit_with_parent,
+        config.kernel.runs_ipykernel(),
+    )
+    .run(&rx);
     drop(held_kernel_ports);
     connfile.remove();
     spark.remove();

@@ -12,6 +12,14 @@
 //! It also closes EG's orphan gap: EG's launcher stops listening on
 //! `{"shutdown":1}` but leaves the kernel running; here the kernel gets a
 //! grace period, then SIGTERM, then SIGKILL.
+//!
+//! Interop quirk, start-up interrupts: ipykernel ignores SIGINT between cells, but
+//! only once `IPKernelApp.init_signal` has run; a SIGINT before that (a gateway's
+//! interrupt in the first few hundred milliseconds after the payload, which EG and
+//! JupyterLab allow) lands in Python's default handler during start-up and leaves
+//! the kernel dead or hung. So for an ipykernel argv, an interrupt is held until
+//! the kernel process is seen ignoring SIGINT (`SigIgn` in `/proc/<pid>/status`),
+//! or [`INTERRUPT_GATE_MAX`] after the start at the latest, and delivered then.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -26,6 +34,11 @@ use signal_hook::consts::signal::*;
 use crate::comm::CommPort;
 use crate::kernel::Kernel;
 use crate::report::ReportError;
+
+/// Longest an interrupt is held for a starting ipykernel.
+pub const INTERRUPT_GATE_MAX: Duration = Duration::from_secs(20);
+/// How often a held interrupt checks whether the kernel is ready.
+const INTERRUPT_GATE_POLL: Duration = Duration::from_millis(20);
 
 /// Exit code when the payload could not be delivered (BSD `EX_UNAVAILABLE`).
 pub const EXIT_UNDELIVERED: i32 = 69;
@@ -124,6 +137,11 @@ pub struct Supervisor {
     parent_gone: bool,
     /// An exit code that wins over the kernel's (payload not delivered).
     failure: Option<i32>,
+    /// Until when interrupts wait for the kernel to ignore SIGINT; `None` once they
+    /// go straight through.
+    interrupt_gate: Option<Instant>,
+    /// An interrupt is being held.
+    interrupt_held: bool,
 }
 
 impl Supervisor {
@@ -132,6 +150,7 @@ impl Supervisor {
         comm: Option<CommPort>,
         grace: Duration,
         watch_parent: bool,
+        gate_interrupts: bool,
     ) -> Self {
         Supervisor {
             kernel,
@@ -142,6 +161,8 @@ impl Supervisor {
             parent: watch_parent.then(getppid),
             parent_gone: false,
             failure: None,
+            interrupt_gate: gate_interrupts.then(|| Instant::now() + INTERRUPT_GATE_MAX),
+            interrupt_held: false,
         }
     }
 
@@ -181,10 +202,12 @@ impl Supervisor {
         } else {
             Duration::from_secs(1)
         };
+        let held = self.interrupt_held.then_some(INTERRUPT_GATE_POLL);
         [self.term_at, self.kill_at]
             .into_iter()
             .flatten()
             .map(|t| t.saturating_duration_since(now))
+            .chain(held)
             .fold(tick, Duration::min)
             .max(Duration::from_millis(1))
     }
@@ -243,7 +266,39 @@ impl Supervisor {
         self.forward(SIGTERM);
     }
 
+    /// Whether an interrupt may reach the kernel now (see the module notes).
+    fn interrupt_gate_open(&mut self) -> bool {
+        let Some(until) = self.interrupt_gate else {
+            return true;
+        };
+        let open = match self.kernel.ignores_sigint() {
+            Some(true) => true,
+            // The kernel process is gone or unreadable: nothing to protect.
+            None => true,
+            Some(false) if Instant::now() >= until => {
+                log::warn!(
+                    "the kernel does not ignore SIGINT {INTERRUPT_GATE_MAX:?} after its start; interrupts now go straight through"
+                );
+                true
+            }
+            Some(false) => false,
+        };
+        if open {
+            self.interrupt_gate = None;
+        }
+        open
+    }
+
     fn forward(&mut self, sig: i32) {
+        if sig == SIGINT && !self.interrupt_gate_open() {
+            if !self.interrupt_held {
+                log::info!(
+                    "the kernel is still starting (it does not ignore SIGINT yet); the interrupt is held until it does"
+                );
+            }
+            self.interrupt_held = true;
+            return;
+        }
         let Ok(signal) = Signal::try_from(sig) else {
             log::warn!("signal {sig} is not supported; not forwarded");
             return;
@@ -255,6 +310,11 @@ impl Supervisor {
     }
 
     fn on_timers(&mut self) {
+        if self.interrupt_held && self.interrupt_gate_open() {
+            self.interrupt_held = false;
+            log::info!("the kernel is ready; delivering the held interrupt");
+            self.forward(SIGINT);
+        }
         let now = Instant::now();
         if self.term_at.is_some_and(|t| now >= t) {
             self.term_at = None;

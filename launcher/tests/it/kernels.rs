@@ -7,7 +7,10 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn drive(language: &str, kernel_args: &[&str]) {
+/// Runs `kernel_client.py` against a kernel started with `kernel_args`; with
+/// `interrupt_at_start`, an interrupt goes to the comm port the moment the payload
+/// arrives, long before the kernel is ready.
+fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
     let python = kernel_python();
     let dir = scratch(&format!("kernel-{language}"));
     let gw = Gateway::new();
@@ -18,6 +21,9 @@ fn drive(language: &str, kernel_args: &[&str]) {
         .args(kernel_args);
     let mut child = spawn_logged(&mut cmd, &dir);
     let report = gw.receive();
+    if interrupt_at_start {
+        comm_send(report.comm_port.unwrap(), br#"{"signum": 2}"#).unwrap();
+    }
     // The client connects to the address the gateway would substitute.
     let mut info = report.connection.clone();
     info.ip = "127.0.0.1".into();
@@ -52,6 +58,16 @@ fn drive(language: &str, kernel_args: &[&str]) {
     }
     assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
     assert!(!conn.exists(), "connection file left behind");
+}
+
+fn drive(language: &str, kernel_args: &[&str]) {
+    drive_with(language, kernel_args, false);
+}
+
+#[test]
+fn ipykernel_interrupted_while_starting_survives() {
+    let python = kernel_python();
+    drive_with("python", &["--interpreter", &python], true);
 }
 
 #[test]
