@@ -622,6 +622,9 @@ impl Kernels {
             timeout,
             endpoints.clone(),
         ));
+        // Past its start-up: interrupts need not wait for the readiness probe, which a long
+        // cell running across the gateway restart would hold up (shell is sequential).
+        kernel.ready.send_replace(r.generation);
         let process = Process {
             launched,
             endpoints,

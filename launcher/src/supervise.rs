@@ -17,9 +17,14 @@
 //! only once `IPKernelApp.init_signal` has run; a SIGINT before that (a gateway's
 //! interrupt in the first few hundred milliseconds after the payload, which EG and
 //! JupyterLab allow) lands in Python's default handler during start-up and leaves
-//! the kernel dead or hung. So for an ipykernel argv, an interrupt is held until
-//! the kernel process is seen ignoring SIGINT (`SigIgn` in `/proc/<pid>/status`),
-//! or [`INTERRUPT_GATE_MAX`] after the start at the latest, and delivered then.
+//! the kernel dead or hung. So for an ipykernel argv, the supervisor watches
+//! `SigIgn` in `/proc/<pid>/status` every [`INTERRUPT_GATE_POLL`] from the start
+//! until it first shows SIGINT ignored (ipykernel's state after `init_signal`,
+//! which lasts well over 100 ms before the first cell can run and again between
+//! cells); until then, or [`INTERRUPT_GATE_MAX`] after the start at the latest,
+//! an interrupt is held and delivered then. The watch has to start early: while a
+//! cell runs, ipykernel catches SIGINT rather than ignoring it, so a first look
+//! taken when an interrupt arrives would mistake a busy kernel for a starting one.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -202,7 +207,7 @@ impl Supervisor {
         } else {
             Duration::from_secs(1)
         };
-        let held = self.interrupt_held.then_some(INTERRUPT_GATE_POLL);
+        let held = self.interrupt_gate.is_some().then_some(INTERRUPT_GATE_POLL);
         [self.term_at, self.kill_at]
             .into_iter()
             .flatten()
@@ -276,8 +281,8 @@ impl Supervisor {
             // The kernel process is gone or unreadable: nothing to protect.
             None => true,
             Some(false) if Instant::now() >= until => {
-                log::warn!(
-                    "the kernel does not ignore SIGINT {INTERRUPT_GATE_MAX:?} after its start; interrupts now go straight through"
+                log::info!(
+                    "the kernel has not ignored SIGINT in the {INTERRUPT_GATE_MAX:?} after its start; interrupts now go straight through"
                 );
                 true
             }
@@ -290,14 +295,17 @@ impl Supervisor {
     }
 
     fn forward(&mut self, sig: i32) {
-        if sig == SIGINT && !self.interrupt_gate_open() {
-            if !self.interrupt_held {
-                log::info!(
-                    "the kernel is still starting (it does not ignore SIGINT yet); the interrupt is held until it does"
-                );
+        if sig == SIGINT {
+            if !self.interrupt_gate_open() {
+                if !self.interrupt_held {
+                    log::info!(
+                        "the kernel is still starting (it has not ignored SIGINT yet); the interrupt is held until it does"
+                    );
+                }
+                self.interrupt_held = true;
+                return;
             }
-            self.interrupt_held = true;
-            return;
+            self.interrupt_held = false;
         }
         let Ok(signal) = Signal::try_from(sig) else {
             log::warn!("signal {sig} is not supported; not forwarded");
@@ -310,10 +318,12 @@ impl Supervisor {
     }
 
     fn on_timers(&mut self) {
-        if self.interrupt_held && self.interrupt_gate_open() {
-            self.interrupt_held = false;
-            log::info!("the kernel is ready; delivering the held interrupt");
-            self.forward(SIGINT);
+        if self.interrupt_gate.is_some() && self.interrupt_gate_open() {
+            log::debug!("the kernel ignores SIGINT: past its start-up");
+            if self.interrupt_held {
+                log::info!("the kernel is ready; delivering the held interrupt");
+                self.forward(SIGINT);
+            }
         }
         let now = Instant::now();
         if self.term_at.is_some_and(|t| now >= t) {

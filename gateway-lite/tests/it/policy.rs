@@ -102,6 +102,8 @@ async fn kernels_survive_gateway_restarts() {
         .await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(c.collect(&sleep).await.ename, "KeyboardInterrupt");
+    // A cell that runs across the next gateway's start.
+    c.start_sleep().await;
     drop(c);
 
     let dir = second.stop_with(Signal::SIGKILL);
@@ -119,6 +121,18 @@ async fn kernels_survive_gateway_restarts() {
     assert_eq!(ids(&list), vec![a.clone()], "{}", third.log());
     let (status, _) = third.json("GET", &format!("/api/kernels/{b}"), None).await;
     assert_eq!(status, 404);
+    // The interrupt of a re-attached busy kernel goes out at once: it does not wait for the
+    // readiness probe, which sits behind the running cell (that wait would be 30 s).
+    let asked = std::time::Instant::now();
+    let (status, _, body) = third
+        .http("POST", &format!("/api/kernels/{a}/interrupt"), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "interrupt took {:?}",
+        asked.elapsed()
+    );
     let mut c = third.connect(&a, false).await;
     let out = c.execute("x").await;
     assert_eq!(out.text, "43", "{out:?}");

@@ -55,6 +55,12 @@ fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
     );
     if language == "python" {
         assert_eq!(seen["interrupt_errors"][0], "KeyboardInterrupt", "{seen}");
+        if !interrupt_at_start {
+            // The kernel was long past its start-up: the interrupt of the running cell
+            // must go straight through, not be held for a starting kernel.
+            let log = log_of(&dir);
+            assert!(!log.contains("interrupt is held"), "{log}");
+        }
     }
     assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
     assert!(!conn.exists(), "connection file left behind");
