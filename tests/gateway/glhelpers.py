@@ -56,6 +56,14 @@ def require_exe(value: str | None, what: str, fix: str) -> str:
 SETUP = "run scripts/setup-env.sh (it writes ~/.cache/kernel-launcher/env.sh)"
 
 
+def tail_of(path: Path, n: int = 60) -> str:
+    """The last `n` lines of a log file ("" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Peers:
     gateway: str
@@ -129,10 +137,7 @@ class Gateway:
         return r.json()
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return tail_of(self.log_path, n)
 
 
 @contextlib.contextmanager
@@ -176,10 +181,7 @@ class JupyterServer:
         return {"Authorization": f"token {self.token}"}
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return tail_of(self.log_path, n)
 
 
 @contextlib.contextmanager

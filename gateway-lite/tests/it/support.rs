@@ -414,7 +414,8 @@ pub struct KernelClient {
     pub session: String,
 }
 
-fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
+/// A `v1.kernel.websocket.jupyter.org` frame: channel, then message parts and buffers.
+pub fn v1_encode(channel: &str, parts: &[Vec<u8>]) -> Vec<u8> {
     let mut pieces: Vec<&[u8]> = vec![channel.as_bytes()];
     pieces.extend(parts.iter().map(Vec::as_slice));
     let n = pieces.len() + 1;

@@ -3,6 +3,7 @@
 //! both framings, and bad input from the browser side (oversized and malformed frames, a
 //! client that never reads).
 
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Gateway, KernelClient, Options, WAIT, wait_no_processes};
+use crate::support::{Gateway, KernelClient, Options, WAIT, v1_encode, wait_no_processes};
 
 /// Waits until the kernel model reports `n` connections (the gateway has finished with the
 /// closed ones, including keeping their messages).
@@ -32,7 +33,7 @@ async fn wait_connections(gw: &Gateway, kernel_id: &str, n: u64) {
 }
 
 /// Waits until `path` exists (the kernel's cell got that far).
-async fn wait_file(path: &std::path::Path) {
+async fn wait_file(path: &Path) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !path.exists() {
         assert!(
@@ -45,7 +46,7 @@ async fn wait_file(path: &std::path::Path) {
 }
 
 /// Python that blocks until `go` exists, prints `text`, then creates `done`.
-fn gated_cell(go: &std::path::Path, done: &std::path::Path, text: &str) -> String {
+fn gated_cell(go: &Path, done: &Path, text: &str) -> String {
     format!(
         "import os, time\nwhile not os.path.exists({go:?}): time.sleep(0.02)\nprint({text:?}, flush=True)\nopen({done:?}, 'w').close()",
         go = go.to_str().unwrap(),
@@ -70,6 +71,28 @@ async fn start_cell(c: &mut KernelClient, code: &str) -> String {
     }
 }
 
+/// Starts a cell gated on file `go` through `c`, disconnects, lets the cell print `text`
+/// and finish (it writes `done`) while no client is connected; returns the cell's id.
+async fn finish_while_away(
+    gw: &Gateway,
+    id: &str,
+    mut c: KernelClient,
+    go: &Path,
+    done: &Path,
+    text: &str,
+) -> String {
+    let cell = start_cell(&mut c, &gated_cell(go, done, text)).await;
+    c.ws.close(None).await.unwrap();
+    drop(c);
+    wait_connections(gw, id, 0).await;
+    std::fs::write(go, b"").unwrap();
+    wait_file(done).await;
+    // Not needed for correctness (messages arriving after the reconnect come through the
+    // handed-over sockets too); gives the reply time to land in the backlog.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cell
+}
+
 /// The `gateway_lite_kept_bytes` gauge.
 async fn kept_bytes(gw: &Gateway) -> u64 {
     let (status, _, body) = gw.http("GET", "/metrics", None).await;
@@ -90,16 +113,8 @@ async fn messages_are_kept_for_the_same_session_while_disconnected() {
         let go = gw.dir.join(format!("go-{v1}"));
         let done = gw.dir.join(format!("done-{v1}"));
         let session = format!("same-{v1}");
-        let mut c = gw.connect_as(&id, &session, v1).await;
-        let cell = start_cell(&mut c, &gated_cell(&go, &done, "late output")).await;
-        c.ws.close(None).await.unwrap();
-        drop(c);
-        wait_connections(&gw, &id, 0).await;
-        std::fs::write(&go, b"").unwrap();
-        wait_file(&done).await;
-        // Not needed for correctness (messages arriving after the reconnect come through the
-        // handed-over sockets too); gives the reply time to land in the backlog.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = gw.connect_as(&id, &session, v1).await;
+        let cell = finish_while_away(&gw, &id, c, &go, &done, "late output").await;
         assert!(
             kept_bytes(&gw).await > 0,
             "the kept output shows in /metrics"
@@ -129,14 +144,8 @@ async fn messages_are_kept_for_the_same_session_while_disconnected() {
     // Another session: nothing old is delivered.
     let go = gw.dir.join("go-other");
     let done = gw.dir.join("done-other");
-    let mut c = gw.connect_as(&id, "first", false).await;
-    let cell = start_cell(&mut c, &gated_cell(&go, &done, "not for you")).await;
-    c.ws.close(None).await.unwrap();
-    drop(c);
-    wait_connections(&gw, &id, 0).await;
-    std::fs::write(&go, b"").unwrap();
-    wait_file(&done).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = gw.connect_as(&id, "first", false).await;
+    let cell = finish_while_away(&gw, &id, c, &go, &done, "not for you").await;
     let mut c = gw.connect_as(&id, "second", false).await;
     let probe = c
         .send(
@@ -287,22 +296,12 @@ async fn send_with_buffers(
         "username": "it", "session": c.session, "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"});
     let mut pieces: Vec<Vec<u8>> = Vec::new();
     let frame = if c.v1 {
-        pieces.push(b"shell".to_vec());
         pieces.push(header.to_string().into_bytes());
         pieces.push(b"{}".to_vec());
         pieces.push(b"{}".to_vec());
         pieces.push(content.to_string().into_bytes());
         pieces.extend(buffers.iter().map(|b| b.to_vec()));
-        let n = pieces.len() + 1;
-        let mut off = 8 * (n + 1);
-        let mut out = (n as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(&(off as u64).to_le_bytes());
-        for p in &pieces {
-            off += p.len();
-            out.extend_from_slice(&(off as u64).to_le_bytes());
-        }
-        out.extend(pieces.concat());
-        out
+        v1_encode("shell", &pieces)
     } else {
         let m = json!({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell"});
         pieces.push(m.to_string().into_bytes());
