@@ -215,7 +215,9 @@ def one_run(variant: str, env_paths: dict, launcher: str, work: Path, run_no: in
         kc.load_connection_info({k: ci[k] for k in ci if k in (
             "ip", "transport", "shell_port", "iopub_port", "stdin_port", "control_port", "hb_port",
             "key", "signature_scheme")})  # fmt: skip
-        kc.start_channels()
+        # No heartbeat channel: with one, wait_for_ready takes a kernel whose heartbeat has not
+        # answered within 1 s (a slow start under load) for a dead one.
+        kc.start_channels(hb=False)
         r["kernel_info"] = kernel_info(kc) - t0
         t = time.monotonic()
         res = execute(kc, "1+1")

@@ -103,7 +103,9 @@ def test_payload_decrypted_by_eg_response_manager(request, paths, which, tmp_pat
             kc = BlockingKernelClient()
             kc.load_connection_info({**{f: info[f] for f in PORT_FIELDS}, "ip": "127.0.0.1", "key": info["key"],
                                      "transport": "tcp", "signature_scheme": info["signature_scheme"]})
-            kc.start_channels()
+            # No heartbeat channel: with one, wait_for_ready takes a kernel whose heartbeat has not
+            # answered within 1 s (a slow start under load) for a dead one.
+            kc.start_channels(hb=False)
             try:
                 kc.wait_for_ready(timeout=60)
             finally:

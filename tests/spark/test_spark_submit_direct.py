@@ -67,7 +67,9 @@ class Driver:
             time.sleep(0.1)
         self.client = BlockingKernelClient()
         self.client.load_connection_info(json.loads(self.conn.read_text()) | {"ip": "127.0.0.1"})
-        self.client.start_channels()
+        # No heartbeat channel: with one, wait_for_ready takes a kernel whose heartbeat has not
+        # answered within 1 s (a slow start under load) for a dead one.
+        self.client.start_channels(hb=False)
         self.client.wait_for_ready(timeout=PATIENCE)
 
     def log(self) -> str:

@@ -44,7 +44,9 @@ def main():
     code = CODE[lang]
     client = BlockingKernelClient()
     client.load_connection_file(conn_path)
-    client.start_channels()
+    # No heartbeat channel: with one, wait_for_ready takes a kernel whose heartbeat has not
+    # answered within 1 s (a slow start under load) for a dead one.
+    client.start_channels(hb=False)
     client.wait_for_ready(timeout=60)
     seen = {}
     _, out, _ = run(client, code["add"])
