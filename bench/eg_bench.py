@@ -5,7 +5,8 @@ Also: RSS of the whole kernel tree once the kernel answers.
 
 EG polls for the launcher's payload every EG_POLL_INTERVAL (0.5 s), which
 hides launcher speed; the run is repeated with EG_POLL_INTERVAL=0.05.
-Usage (from bench/eg.sh): eg_bench.py KERNEL_LAUNCHER KERNEL_PYTHON EG_SDIST [RUNS]
+Usage (from bench/eg.sh, which puts tests/ on PYTHONPATH for the shared helpers, tests/support):
+  eg_bench.py KERNEL_LAUNCHER KERNEL_PYTHON EG_SDIST [RUNS]
 """
 
 import json
@@ -17,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "eg"))
-from klhelpers import JupyterRest, free_port, kernel_processes, kill_tree, wait_gone, wait_http_ok  # noqa: E402
+from support.kernels import JupyterRest, free_port, kernel_processes, kill_tree, wait_gone, wait_http_ok
 
 PROXY = {"process_proxy": {"class_name": "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy"}}
 OPTS = [

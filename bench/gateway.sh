@@ -12,5 +12,7 @@ scripts/setup-env.sh >/dev/null
 # shellcheck disable=SC1091
 source "${KL_CACHE:-$HOME/.cache/kernel-launcher}/env.sh"
 cargo build --release --locked -p gateway-lite -p launcher >&2
+# The shared Python helpers (tests/support) are imported as the package `support`.
+export PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"
 exec "$KL_PY_EG" bench/gateway_bench.py "$PWD/target/release/gateway-lite" "$PWD/target/release/kernel-launcher" \
     "$KL_PY_KERNEL" "${1:-2}"

@@ -52,7 +52,7 @@ Cleanup: gateways run in their own sessions with GATEWAY_BENCH_RUN=<uuid> in the
 which every launcher and kernel inherits; on exit (normal, exception, SIGINT/SIGTERM) the
 gateway groups are killed and every process carrying the marker is SIGTERMed, then SIGKILLed.
 
-Usage (from bench/gateway.sh):
+Usage (from bench/gateway.sh, which puts tests/ on PYTHONPATH for the shared helpers, tests/support):
   gateway_bench.py GATEWAY_LITE KERNEL_LAUNCHER KERNEL_PYTHON [REPS]
 Environment knobs: GATEWAY_BENCH_JSON (raw results, default /tmp/gateway-bench-<time>.json),
 GATEWAY_BENCH_N (500), GATEWAY_BENCH_WARMUP (50), GATEWAY_BENCH_LAUNCHES (5),
@@ -81,8 +81,7 @@ import requests
 import zmq
 from jupyter_client.session import Session
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "eg"))
-from klhelpers import (  # noqa: E402
+from support.kernels import (
     JupyterRest,
     _all_pids,
     _cmdline,

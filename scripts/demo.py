@@ -1,8 +1,9 @@
-"""The main job, end to end: Jupyter Enterprise Gateway 3.3.0 starts a Python
+"""kernel-launcher under real EG, end to end: Jupyter Enterprise Gateway 3.3.0 starts a Python
 kernel through kernel-launcher, code runs in it over EG's REST API and
 WebSocket, an interrupt stops a long cell, and DELETE shuts it all down.
 
-Run by scripts/demo.sh, which prepares the venvs and builds the binary.
+Run by scripts/demo.sh, which prepares the venvs, builds the binary and puts tests/ on
+PYTHONPATH (for the shared helpers, tests/support).
 Usage: demo.py KERNEL_LAUNCHER KERNEL_PYTHON
 """
 
@@ -14,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "eg"))
-from klhelpers import JupyterRest, free_port, kernel_processes, kill_tree, wait_gone, wait_http_ok  # noqa: E402
+from support.kernels import JupyterRest, free_port, kernel_processes, kill_tree, wait_gone, wait_http_ok
 
 
 def main() -> None:

@@ -18,34 +18,29 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import klhelpers  # noqa: E402  (tests/eg/klhelpers.py)
-from klhelpers import (  # noqa: E402
+from support.kernels import (
     EG_LEGACY_OPTS,
     PLAIN_OPTS,
     JupyterRest,
     free_port,
+    isolated_env,
     kill_tree,
+    load_kl_env,
+    pids_with_env,
     wait_http_ok,
 )
 
 # ----------------------------------------------------------------------------- environment
 
 
-KL_ENV = klhelpers.load_kl_env()
+KL_ENV = load_kl_env()
 
 
 def _need(key: str) -> str:
@@ -265,7 +260,7 @@ def _stop_server(server: Server) -> None:
     kill_tree(server.proc)
     # Whatever a test left behind (a failed test may leave kernels): make sure nothing of this
     # server's kernels survives the session. Leftovers are asserted per test, not here.
-    for pid in klhelpers.pids_with_env("KL_E2E_SERVER", server.base_url):
+    for pid in pids_with_env("KL_E2E_SERVER", server.base_url):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -273,7 +268,7 @@ def _stop_server(server: Server) -> None:
 
 
 def _base_env(sd: Path, jupyter_path: list[Path], marker: str) -> dict[str, str]:
-    return klhelpers.isolated_env(sd, marker, jupyter_path)
+    return isolated_env(sd, marker, jupyter_path)
 
 
 def eg_command(eg_python: str, port: int) -> list[str]:

@@ -4,7 +4,7 @@ EG's own launch_ipykernel.py (the reference that proves the harness itself)."""
 
 import pytest
 
-from klhelpers import run_lifecycle
+from support.kernels import run_lifecycle
 
 
 def test_eg_own_launcher_python(eg_server, failure_context):

@@ -6,13 +6,13 @@ Only the classes that need no Spark/YARN are selected:
                          TestPythonKernelDistributed (PYTHON_KERNEL_DISTRIBUTED_NAME),
                          5 tests each: hostname, hello world, restart, interrupt, scope
   test_r_kernel.py:      TestRKernelLocal (R_KERNEL_LOCAL_NAME), 4 tests
-The runner (klhelpers.run_eg_itests) is shared with tests/gateway/test_eg_itests.py, which
+The runner (support.kernels.run_eg_itests) is shared with tests/gateway/test_eg_itests.py, which
 runs the same classes against gateway-lite.
 """
 
 import pytest
 
-from klhelpers import ITEST_CLASSES, check_itests, run_eg_itests
+from support.kernels import ITEST_CLASSES, check_itests, run_eg_itests
 
 
 def run_itests(paths, eg_server, lang: str, env_names: dict):

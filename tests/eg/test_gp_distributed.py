@@ -5,7 +5,7 @@ shutdown, no leftover processes. GP passes the plain option form and always fill
 
 import pytest
 
-from klhelpers import run_lifecycle
+from support.kernels import run_lifecycle
 
 
 def test_gp_own_launcher_python(gp_server, failure_context):

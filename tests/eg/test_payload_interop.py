@@ -15,8 +15,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from Cryptodome.Cipher import AES, PKCS1_v1_5
 from Cryptodome.PublicKey import RSA
 from Cryptodome.Util.Padding import unpad
 
-from klhelpers import describe, free_port, kernel_processes, kill_tree, proc_of, wait_gone
+from support.kernels import describe, free_port, kernel_processes, kill_tree, wait_gone
 
 HERE = Path(__file__).resolve().parent
 PORT_FIELDS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")

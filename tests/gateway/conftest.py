@@ -1,4 +1,4 @@
-"""Fixtures for tests/gateway (helpers and the layout of peers: glhelpers.py)."""
+"""Fixtures for tests/gateway (helpers and the layout of peers: support/gateway.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from glhelpers import KL_ENV, REPO, SETUP, Peers, require_exe  # noqa: E402
+from support.gateway import KL_ENV, REPO, SETUP, Peers, require_exe
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Enterprise Gateway 3.3.0's own integration tests (enterprise_gateway/itests from the sdist on
 PyPI, unmodified, run with venv-eg's python) against gateway-lite.
 
-The same classes tests/eg/test_eg_itests.py runs against EG itself (klhelpers.ITEST_CLASSES):
+The same classes tests/eg/test_eg_itests.py runs against EG itself (support.kernels.ITEST_CLASSES):
   test_python_kernel.py  TestPythonKernelLocal + TestPythonKernelDistributed (5 tests each:
                          hostname, hello world, restart, interrupt, scope)
   test_r_kernel.py       TestRKernelLocal (4 tests)
@@ -23,9 +23,9 @@ Run:  scripts/setup-env.sh && source ~/.cache/kernel-launcher/env.sh &&
 from __future__ import annotations
 
 import pytest
-from glhelpers import EG_PROXY, run_gateway
 
-from klhelpers import EG_LEGACY_OPTS, ITEST_CLASSES, check_itests, run_eg_itests
+from support.gateway import EG_PROXY, run_gateway
+from support.kernels import EG_LEGACY_OPTS, ITEST_CLASSES, check_itests, run_eg_itests
 
 
 def _specs(peers) -> dict[str, dict]:

@@ -19,7 +19,8 @@ import urllib.request
 import uuid
 
 import pytest
-from glhelpers import run_gateway, run_jupyter
+
+from support.gateway import run_gateway, run_jupyter
 
 WAIT = 60.0  # generous bound, only to avoid hangs
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from glhelpers import isolated_env, reap, require_exe, run_gateway, run_jupyter, wait_until
 
-from klhelpers import describe, kernel_processes, wait_gone
+from support.gateway import isolated_env, reap, require_exe, run_gateway, run_jupyter, wait_until
+from support.kernels import describe, kernel_processes, wait_gone
 
 UI_WAIT = 120  # generous bound for one UI step (the page loads a large bundle on 2 shared cores)
 CHROMEDRIVER = "/usr/bin/chromedriver"

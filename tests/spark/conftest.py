@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from support.kernels import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 EG_TESTS = REPO / "tests" / "eg"
-sys.path.insert(0, str(EG_TESTS))
-sys.path.insert(0, str(HERE))
 
 
 def _import_eg_conftest():
@@ -48,9 +48,6 @@ def _import_eg_conftest():
 
 
 egc = _import_eg_conftest()
-
-import klhelpers  # noqa: E402  (tests/eg/klhelpers.py)
-from klhelpers import free_port  # noqa: E402
 
 INSTALLER = REPO / "images" / "kernelspecs" / "install-spark-kernelspecs.sh"
 MODES = ("lazy", "eager", "none")
@@ -303,4 +300,4 @@ def standalone_cluster(venvs, spark_session_dir, master_port):
     _stop(master)
 
 
-__all__ = ["klhelpers", "SparkVenv", "Cluster"]
+__all__ = ["SparkVenv", "Cluster"]

@@ -8,7 +8,8 @@ kernel WebSocket. Kernels run one at a time.
 from __future__ import annotations
 
 import pytest
-from sparkhelpers import SparkKernel, sleep_job_cell, spec_name
+
+from support.spark import SparkKernel, sleep_job_cell, spec_name
 
 IS_SPARK_SESSION = "import pyspark.sql; print('is SparkSession:', isinstance(spark, pyspark.sql.SparkSession))"
 

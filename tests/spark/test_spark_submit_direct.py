@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from klhelpers import proc_of, wait_gone
+
+from support.kernels import proc_of, wait_gone
 
 PATIENCE = 120
 

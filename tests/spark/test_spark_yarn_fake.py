@@ -21,7 +21,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sparkhelpers import spec_name
+
+from support.spark import spec_name
 
 KERNEL_ID = "0f6a2e1c-5b7d-4c1e-9a3f-2d4b6c8e0a11"
 FILLED = {

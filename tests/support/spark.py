@@ -1,5 +1,6 @@
-"""Kernel handling for the Spark tests: start a kernel through EG's REST API, talk to it over
-EG's WebSocket (tests/eg/klhelpers.py client), DELETE it and prove nothing it started survives."""
+"""Kernel handling for the Spark tests (tests/spark): start a kernel through EG's REST API, talk
+to it over EG's WebSocket (the client in support.kernels), DELETE it and prove nothing it
+started survives."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import signal
 import time
 
-from klhelpers import (
+from support.kernels import (
     ExecResult,
     Proc,
     describe,
@@ -29,7 +30,8 @@ _INTERESTING = ("java", "kernel-launcher", "ipykernel", "pyspark.daemon", "pyspa
 
 
 def spec_name(kind: str, ver: str, mode: str) -> str:
-    """Name of an installer-made kernelspec in the test JUPYTER_PATH (see conftest.spark_kernelspecs).
+    """Name of an installer-made kernelspec in the test JUPYTER_PATH (see spark_kernelspecs in
+    tests/spark/conftest.py).
     kind: local | standalone | yarn_client | yarn_cluster; ver: 43 | 35; mode: lazy | eager | none."""
     return f"spark_python_{kind}_{ver}_{mode}"
 

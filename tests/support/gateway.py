@@ -1,5 +1,6 @@
-"""Helpers for the gateway-lite tests with real Jupyter peers (tests/gateway); fixtures are in
-conftest.py.
+"""Helpers for the gateway-lite tests with real Jupyter peers (tests/gateway): they start
+gateway-lite and Jupyter Server/Lab and reap what a test leaves behind; the fixtures are in
+tests/gateway/conftest.py.
 
 The pytest process runs in venv-lab ($KL_PY_LAB: Jupyter Server 2 + JupyterLab 4 + selenium,
 see scripts/setup-env.sh). Every peer is a subprocess:
@@ -22,7 +23,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,13 +31,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from support import kernels
+from support.kernels import free_port, kill_tree, wait_http_ok
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "eg"))
-
-import klhelpers  # noqa: E402  (tests/eg/klhelpers.py)
-from klhelpers import free_port, kill_tree, wait_http_ok  # noqa: E402
-
-KL_ENV = klhelpers.load_kl_env()
+KL_ENV = kernels.load_kl_env()
 START_WAIT = 90  # generous bound for a server to come up, only to avoid hangs
 
 EG_PROXY = {
@@ -95,7 +93,7 @@ class Peers:
 
 def isolated_env(tmp: Path, marker: str) -> dict[str, str]:
     """This process's environment without Jupyter/gateway settings, Jupyter dirs under tmp."""
-    return klhelpers.isolated_env(tmp, marker)
+    return kernels.isolated_env(tmp, marker)
 
 
 def write_kernelspecs(root: Path, specs: dict[str, dict]) -> Path:
@@ -109,7 +107,7 @@ def write_kernelspecs(root: Path, specs: dict[str, dict]) -> Path:
 
 def reap(marker: str) -> list[int]:
     """SIGKILL every process still carrying KL_E2E_SERVER=marker; returns their pids."""
-    pids = klhelpers.pids_with_env("KL_E2E_SERVER", marker)
+    pids = kernels.pids_with_env("KL_E2E_SERVER", marker)
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

@@ -1,7 +1,8 @@
-"""Helpers for the real-peer e2e tests: ports, processes (/proc, no psutil), a small
-Jupyter REST + WebSocket client (requests + websocket-client), the kernel lifecycle
-scenario shared by the EG and gateway_provisioners tests, and the runner of EG's own
-itests (shared by tests/eg and tests/gateway)."""
+"""Helpers every real-peer suite and script needs, so each exists once: ports, processes
+(/proc, no psutil), a small Jupyter REST + WebSocket client (requests + websocket-client), the
+kernel lifecycle scenario shared by the EG and gateway_provisioners tests, and the runner of
+EG's own itests (shared by tests/eg and tests/gateway). Also used by tests/spark,
+bench/eg_bench.py, bench/gateway_bench.py and scripts/demo.py."""
 
 from __future__ import annotations
 
