@@ -2,8 +2,9 @@
 # The main job: set up, build gateway-lite and kernel-launcher, start gateway-lite with no
 # configuration (its embedded python3 kernelspec, every kernel started through
 # kernel-launcher) and JupyterLab with --gateway-url at it, check that a notebook kernel
-# works end to end through Jupyter Server (session, 1+1, interrupt, the kernel's parent is
-# kernel-launcher, the kernel is listed by gateway-lite), then serve until Ctrl-C.
+# works end to end through Jupyter Server (scripts/serve_check.py: session, the kernel listed by
+# gateway-lite, 1+1, the kernel's parent is kernel-launcher, interrupt, and deleting the session
+# takes the kernel off gateway-lite), then serve until Ctrl-C.
 #   scripts/serve.sh            serve; open the printed JupyterLab URL
 #   scripts/serve.sh --check    run the end-to-end check and exit (0 when it passed)
 # Ports: GATEWAY_LITE_PORT (default 8888) and LAB_PORT (default 8890), on 127.0.0.1.

@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# Prepare everything the real-peer end-to-end tests (tests/eg) need:
-#   - Debian packages: R + Debian's IRkernel, util-linux, procps, iproute2, busybox-static (the static
-#     "kernel" of the empty-chroot test); debootstrap (the Docker kernel image)
-#   - three pinned virtualenvs (tests/requirements/{kernel,eg,gp}.txt)
-#       venv-kernel  ipykernel + jupyter_client 8; runs kernels, EG's launch_ipykernel.py and pytest
-#       venv-eg      jupyter_enterprise_gateway 3.3.0 (jupyter_client 6, jupyter_server 1)
+# Prepare the machine for every test that needs real peers: the Rust integration and end-to-end
+# tests (launcher, gateway-lite, tests/tests) and the pytest suites (tests/eg, tests/gateway; tests/spark
+# also needs scripts/setup-spark.sh), plus the benchmarks and scripts/demo.sh, scripts/serve.sh.
+#   - Debian packages (installed when missing; sudo -n when not root):
+#       r-base-core, r-cran-irkernel   R and Debian's IRkernel
+#       util-linux, procps, iproute2   unshare (PID 1 tests), process tools, ip (network namespaces)
+#       busybox-static                 the static "kernel" of the empty-chroot test
+#       debootstrap                    the Docker kernel image (images/python-kernel/build.sh)
+#       openssh-server, openssh-client gateway-lite's SSH provisioner tests (sshd in network
+#                                      namespaces, ssh into them)
+#       chromium, chromium-driver      tests/gateway/test_jupyterlab.py (headless JupyterLab via
+#                                      /usr/bin/chromedriver; no browser is downloaded)
+#   - four pinned virtualenvs (tests/requirements/{kernel,eg,gp,lab}.txt)
+#       venv-kernel  ipykernel 6 + jupyter_client 8; runs the ipykernel kernels of the Rust tests,
+#                    tests/eg and tests/gateway, and EG's launch_ipykernel.py
+#       venv-eg      jupyter_enterprise_gateway 3.3.0 (jupyter_client 6, jupyter_server 1); runs EG,
+#                    its itests client and pytest for tests/eg and tests/spark
 #       venv-gp      gateway_provisioners 0.5.0 (jupyter_client 8, jupyter_server 2)
-#       venv-lab     JupyterLab 4 + jupyter_server 2 + selenium; runs tests/gateway
-#   - the EG 3.3.0 sdist from PyPI (its launchers and itests are used at test time, never committed)
+#       venv-lab     JupyterLab 4 + jupyter_server 2 + selenium; runs pytest for tests/gateway
+#   - the EG 3.3.0 sdist from PyPI, sha256-checked (its launchers and itests are used at test
+#     time, never committed)
 #   - an IRkernel kernelspec in a private JUPYTER_PATH (never installed globally)
-#   - $KL_CACHE/env.sh describing all of the above for the tests.
+#   - $KL_CACHE/env.sh describing all of the above (KL_PY_KERNEL, KL_PY_EG, KL_PY_GP, KL_PY_LAB,
+#     KL_EG_SDIST, KL_JUPYTER_PATH, KL_R) for the tests and scripts.
 #
-# Idempotent: a venv is rebuilt only when its requirements file (or the base python) changed.
+# Idempotent: apt runs only for missing packages, a venv is rebuilt only when its requirements
+# file (or the base python) changed, the sdist is fetched and unpacked once.
 # Usage: scripts/setup-env.sh            (KL_CACHE defaults to ~/.cache/kernel-launcher)
 #        KL_PYTHON=/path/to/python3 scripts/setup-env.sh   (base interpreter for the venvs)
 #        KL_SKIP_APT=1 scripts/setup-env.sh                 (do not touch system packages)
@@ -119,7 +133,7 @@ fi
 env_file="$KL_CACHE/env.sh"
 tmp_env="$(mktemp "$KL_CACHE/env.sh.XXXXXX")"
 cat >"$tmp_env" <<EOF
-# Written by scripts/setup-env.sh; read by tests/eg/conftest.py (or: source it).
+# Written by scripts/setup-env.sh; read by tests/support/kernels.py and gateway-lite's tests (or: source it).
 export KL_CACHE="$KL_CACHE"
 export KL_PY_KERNEL="$KL_CACHE/venv-kernel/bin/python"
 export KL_PY_EG="$KL_CACHE/venv-eg/bin/python"

@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need on a fresh Debian machine (apt packages,
-# pinned Python venvs under ~/.cache/kernel-launcher, EG's sdist, pyspark) and
-# runs every test: format and lint checks, the Rust tests (unit, property,
-# launcher integration, end-to-end), a short fuzz smoke run, and the pytest
-# suites against real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel, Spark and
-# Jupyter Server 2, JupyterLab 4 (headless chromium) and EG's own itests (gateway-lite).
+# Sets up everything the tests need on a fresh Debian machine and runs every test, in order:
+#   1. environment: scripts/setup-env.sh (apt packages, pinned Python venvs under
+#      ~/.cache/kernel-launcher, EG's sdist) and scripts/setup-spark.sh (the pyspark venvs)
+#   2. format and lint: cargo fmt --check, cargo clippy -D warnings
+#   3. build: the static kernel-launcher (scripts/build-static.sh) and the debug one
+#   4. the Docker kernel image (images/python-kernel/build.sh, debootstrap rootfs cached)
+#   5. the Rust tests (cargo nextest): unit, property, launcher integration (real ipykernel,
+#      IRkernel, PID 1 under unshare), gateway-lite integration (real ipykernel; sshd in network
+#      namespaces; Docker containers), end-to-end
+#   6. a short fuzz smoke run (scripts/fuzz-smoke.sh, which installs cargo-fuzz when missing)
+#   7. the pytest suites: real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark 3.5 / 4.3
+#      (tests/eg, tests/spark, in venv-eg); then gateway-lite is built and Jupyter Server 2,
+#      JupyterLab 4 (headless chromium) and EG's own itests run against it (tests/gateway, in venv-lab)
+# Not installed here: a Rust toolchain with cargo-nextest, Java 17 (for pyspark) and a usable
+# Docker Engine.
 #   scripts/test.sh              everything
-#   KL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
+#   KL_FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run (default: 5 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
