@@ -4,11 +4,11 @@
 //! EG's client connects with a 5 ms timeout, writes one JSON object, closes,
 //! and never waits for a reply. A slow accept loop therefore silently drops
 //! interrupts, and EG's own listener (backlog 1, one request at a time) dies
-//! on an empty connection, which makes EG think the kernel died when a port
-//! scanner or health check touches it (eg-contract §4.4). Here the accept loop
-//! only accepts; each connection is read on its own short-lived thread, with a
-//! size cap, a read timeout and a cap on concurrent readers, and every bad
-//! request is logged and dropped.
+//! on an empty connection (its `json.loads("")` raises), which makes EG think
+//! the kernel died when a port scanner or health check touches it. Here the
+//! accept loop only accepts; each connection is read on its own short-lived
+//! thread, with a size cap, a read timeout and a cap on concurrent readers,
+//! and every bad request is logged and dropped.
 //!
 //! Liveness is the port itself: once the kernel is gone, or after
 //! `{"shutdown":1}`, the listener is shut down so the next connect is refused,

@@ -5,9 +5,10 @@
 //! connect, write everything, half-close, close. Connecting is retried with
 //! backoff until a deadline (the gateway may still be binding, or a route may
 //! flap), which EG's launcher does not do: it hangs or dies on the first
-//! failure (eg-contract §10, pain point 2). Once a write has completed the
-//! payload is never sent again. The address may be IPv4, `[IPv6]`, or a host
-//! name, resolved again on every attempt.
+//! failure, a common complaint in EG's issue tracker when the response address
+//! is unreachable (NAT, VPN routes, several interfaces). Once a write has
+//! completed the payload is never sent again. The address may be IPv4,
+//! `[IPv6]`, or a host name, resolved again on every attempt.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};

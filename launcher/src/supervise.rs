@@ -4,10 +4,11 @@
 //! Everything that can happen to a running kernel arrives here as an
 //! [`Event`] on one channel (signals from the signal thread, comm-port
 //! requests, the payload delivery result, the parent going away), and a single
-//! loop decides. This is what a PID-1 entrypoint must do (shared spec
-//! rust-anchors §3.6): handle every forwarded signal (PID 1 drops signals it
-//! has no handler for), reap every child including re-parented grandchildren,
-//! and exit with the kernel's status, 128+signal when it was killed.
+//! loop decides. This is what a PID-1 entrypoint must do, as tini, dumb-init
+//! and catatonit do: handle every forwarded signal (Linux drops a signal sent
+//! to PID 1 that has no handler for it), reap every child including
+//! re-parented grandchildren, and exit with the kernel's status, 128+signal
+//! when it was killed.
 //!
 //! It also closes EG's orphan gap: EG's launcher stops listening on
 //! `{"shutdown":1}` but leaves the kernel running; here the kernel gets a

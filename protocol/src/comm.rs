@@ -5,8 +5,9 @@
 //! `{"signum": N}` to deliver signal N (0 is a liveness probe, 2 an interrupt, 9/15 kill), and
 //! `{"shutdown": 1}` to stop the listener. Both keys may come together; the signal is handled
 //! first. The gateway sends no length prefix and no newline, then closes (or half-closes) the
-//! connection; the launcher never replies. See `eg-contract.md` §4 and EG's
-//! `docs/source/developers/kernel-launcher.md`.
+//! connection; the launcher never replies. That is what the listener in EG's own
+//! `launch_ipykernel.py` implements and what EG's `docs/source/developers/kernel-launcher.md`
+//! describes.
 //!
 //! This module only parses and renders those objects. The reader must stop after
 //! [`MAX_REQUEST_LEN`] bytes: a longer request is an error, never an unbounded buffer.

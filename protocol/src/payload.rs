@@ -12,11 +12,11 @@
 //!                "conn_info": base64( AES-128-ECB( PKCS#7-pad( inner_json ) ) ) } )
 //! ```
 //!
-//! where `aes_key` is 16 fresh random bytes and `inner_json` is a [`LaunchReport`]
-//! (`eg-contract.md` §3; EG `launch_ipykernel.py` `_encrypt` and `processproxy.py`
-//! `ResponseManager._decode_payload`). [`encrypt`] is the launcher side, [`decrypt`] the gateway
-//! side. The cryptography is EG's, kept for compatibility: PKCS#1 v1.5 and ECB are not what one
-//! would choose today, and nothing authenticates the payload.
+//! where `aes_key` is 16 fresh random bytes and `inner_json` is a [`LaunchReport`], as EG's
+//! `launch_ipykernel.py` (`_encrypt`) writes it and EG's `processproxy.py`
+//! (`ResponseManager._decode_payload`) reads it. [`encrypt`] is the launcher side, [`decrypt`] the
+//! gateway side. The cryptography is EG's, kept for compatibility: PKCS#1 v1.5 and ECB are not what
+//! one would choose today, and nothing authenticates the payload.
 //!
 //! Interop quirks handled here:
 //! - EG's public key is the PEM SubjectPublicKeyInfo body with the `-----BEGIN/END PUBLIC
