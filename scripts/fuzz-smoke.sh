@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Smoke-fuzz every target in fuzz/ (the `protocol` crate's parsers and gateway-lite's
-# WebSocket framing of browser and kernel bytes) for a few seconds each.
+# Smoke-fuzz every target in fuzz/ (the `protocol` crate's parsers of kernel, launcher and
+# browser bytes, WebSocket framing included) for a few seconds each.
 #
 #   scripts/fuzz-smoke.sh [SECONDS]      # default 10 seconds per target
 #   FUZZ_ASAN=1 scripts/fuzz-smoke.sh    # AddressSanitizer build (RUSTC_BOOTSTRAP on stable)

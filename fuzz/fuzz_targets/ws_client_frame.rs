@@ -7,7 +7,7 @@
 //! message.
 #![no_main]
 
-use gateway_lite::wsframe::{self, Framing, OutFrame};
+use protocol::wsframe::{self, Framing, OutFrame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

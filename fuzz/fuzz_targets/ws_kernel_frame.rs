@@ -1,5 +1,6 @@
-//! Frames what a kernel sends for the browser: ZeroMQ frames → `channels::from_zmq` →
-//! `wsframe::encode`, in both framings.
+//! Frames what a kernel sends for the browser: ZeroMQ frames → `wire::split` and
+//! `Signer::verify` (what the gateway does with every kernel message) → `wsframe::encode`, in
+//! both framings.
 //!
 //! The input is cut into ZeroMQ frames at `\n`; the first byte places the `<IDS|MSG>`
 //! delimiter (top bit set: none), as in `wire_split`. The key is empty, so signatures are not
@@ -9,33 +10,28 @@
 //! legacy, the same JSON values), and a legacy text frame is JSON naming the channel.
 #![no_main]
 
-use bytes::Bytes;
-use gateway_lite::channels::{self, Channel};
-use gateway_lite::wsframe::{self, Framing, OutFrame};
 use libfuzzer_sys::fuzz_target;
-use protocol::wire::{DELIMITER, Signer};
+use protocol::wire::{self, Channel, DELIMITER, Signer};
+use protocol::wsframe::{self, Framing, OutFrame};
 use serde::de::IgnoredAny;
-use zeromq::ZmqMessage;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else {
         return;
     };
-    let mut frames: Vec<Bytes> = rest
-        .split(|b| *b == b'\n')
-        .map(Bytes::copy_from_slice)
-        .collect();
+    let mut frames: Vec<&[u8]> = rest.split(|b| *b == b'\n').collect();
     if control & 0x80 == 0 {
         let at = usize::from(control) % (frames.len() + 1);
-        frames.insert(at, Bytes::from_static(DELIMITER));
+        frames.insert(at, DELIMITER);
     }
-    let Ok(z) = ZmqMessage::try_from(frames) else {
+    let Ok(msg) = wire::split(&frames) else {
         return;
     };
-    let Some(msg) = channels::from_zmq(z, &Signer::new(b""), Channel::Iopub) else {
+    if Signer::new(b"").verify(&msg).is_err() {
         return;
-    };
-    let _ = channels::header_fields(&msg.header);
+    }
+    let _ = wire::header_fields(&msg.header);
+    let _ = wire::msg_id(&msg.parent_header);
     for framing in [Framing::Legacy, Framing::V1] {
         let Ok(frame) = wsframe::encode(framing, Channel::Shell, &msg) else {
             continue;

@@ -2,57 +2,36 @@
 //!
 //! A kernel listens on five ZeroMQ sockets (shell, control, stdin, iopub, heartbeat) at the
 //! ports its launcher reported. This module turns a [`KernelEndpoints`] into connected
-//! `zeromq` sockets, converts between `zeromq` messages and [`protocol::wire`] messages, and
-//! builds the few messages the gateway itself sends (`shutdown_request`, `interrupt_request`)
-//! and the `status` messages it synthesizes for clients (`restarting`, `dead`).
+//! `zeromq` sockets, converts between `zeromq` messages and [`protocol::wire`] messages
+//! (every kernel message is verified on the way in), builds the few messages the gateway
+//! itself sends (`shutdown_request`, `interrupt_request`, `kernel_info_request`) and the
+//! `status` messages it synthesizes for clients (`restarting`, `dead`), and holds one
+//! client's set of sockets ([`ClientSockets`]), which the WebSocket bridge uses and the
+//! kernel registry keeps while that client is away.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::connection::ConnectionInfo;
-use protocol::wire::{self, Signer, WireMessage};
+pub use protocol::wire::Channel;
+use protocol::wire::{self, Signer, WireMessage, header_fields};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+use zeromq::{
+    DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend,
+    SubSocket, ZmqMessage, ZmqResult,
+};
 
 /// How long connecting one socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The kernel channels a client talks on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// Requests and replies.
-    Shell,
-    /// Like shell, on a separate queue (interrupt, shutdown, debug).
-    Control,
-    /// Input requests from the kernel, replies from the client.
-    Stdin,
-    /// Broadcast output.
-    Iopub,
-}
-
-impl Channel {
-    /// The protocol name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Shell => "shell",
-            Channel::Control => "control",
-            Channel::Stdin => "stdin",
-            Channel::Iopub => "iopub",
-        }
-    }
-
-    /// Parses a protocol name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "shell" => Channel::Shell,
-            "control" => Channel::Control,
-            "stdin" => Channel::Stdin,
-            "iopub" => Channel::Iopub,
-            _ => return None,
-        })
-    }
-}
+/// How long one nudge waits for iopub before sending another.
+const NUDGE_WAIT: Duration = Duration::from_millis(500);
+/// How many nudges before giving up (the client still gets a working bridge).
+const NUDGE_TRIES: usize = 20;
+/// Pause after a ZeroMQ receive error, so a broken socket cannot spin.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Where one incarnation of a kernel listens, and its key. A restart makes a new one.
 #[derive(Debug, Clone)]
@@ -213,18 +192,6 @@ pub fn status(state: &str) -> WireMessage {
     message("status", "", b"{}", json!({ "execution_state": state }))
 }
 
-/// The `msg_type` and `msg_id` of a header, if it is a JSON object that has them.
-pub fn header_fields(header: &[u8]) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct H {
-        msg_type: String,
-        #[serde(default)]
-        msg_id: String,
-    }
-    let h: H = serde_json::from_slice(header).ok()?;
-    Some((h.msg_type, h.msg_id))
-}
-
 /// Sends a signed request on `channel` and waits up to `wait` for the reply to it.
 pub async fn request(
     ep: &KernelEndpoints,
@@ -246,10 +213,7 @@ pub async fn request(
             let Some(reply) = from_zmq(reply, &ep.signer, channel) else {
                 continue;
             };
-            let parent_id = serde_json::from_slice::<Value>(&reply.parent_header)
-                .ok()
-                .and_then(|p| p.get("msg_id").and_then(Value::as_str).map(str::to_owned));
-            if parent_id.as_deref() == Some(sent_id.as_str()) {
+            if wire::msg_id(&reply.parent_header).as_deref() == Some(sent_id.as_str()) {
                 return Ok(reply);
             }
         }
@@ -270,6 +234,128 @@ pub enum RequestError {
     Timeout(Duration),
 }
 
+/// One client's sockets on one kernel incarnation: DEALERs for shell, control and stdin
+/// (shell and stdin share one routing identity, so the kernel's `input_request` comes back to
+/// the client that asked) and a SUB on iopub, as Jupyter Server gives each connection.
+pub struct ClientSockets {
+    /// The incarnation these sockets are connected to.
+    pub ep: Arc<KernelEndpoints>,
+    shell: DealerSendHalf,
+    shell_rx: DealerRecvHalf,
+    control: DealerSendHalf,
+    control_rx: DealerRecvHalf,
+    stdin: DealerSendHalf,
+    stdin_rx: DealerRecvHalf,
+    iopub: SubSocket,
+    /// Ids of the nudge's requests, whose replies are swallowed.
+    nudges: HashSet<String>,
+}
+
+impl ClientSockets {
+    /// Connects all four sockets and nudges the kernel (see [`Self::nudge`]).
+    pub async fn connect(ep: Arc<KernelEndpoints>) -> ZmqResult<Self> {
+        wait_listening(&ep).await;
+        let identity = uuid::Uuid::new_v4().to_string().into_bytes();
+        let (shell, shell_rx) = dealer(&ep, Channel::Shell, Some(&identity)).await?.split();
+        let (control, control_rx) = dealer(&ep, Channel::Control, None).await?.split();
+        let (stdin, stdin_rx) = dealer(&ep, Channel::Stdin, Some(&identity)).await?.split();
+        let iopub = subscriber(&ep).await?;
+        let mut s = ClientSockets {
+            ep,
+            shell,
+            shell_rx,
+            control,
+            control_rx,
+            stdin,
+            stdin_rx,
+            iopub,
+            nudges: HashSet::new(),
+        };
+        s.nudge().await;
+        Ok(s)
+    }
+
+    /// Sends `kernel_info_request` until an iopub message arrives, as Jupyter Server does, so
+    /// a client's first request cannot race the iopub subscription. The nudges' replies are
+    /// not forwarded.
+    async fn nudge(&mut self) {
+        let session = uuid::Uuid::new_v4().to_string();
+        for _ in 0..NUDGE_TRIES {
+            let mut msg = message("kernel_info_request", &session, b"{}", json!({}));
+            if let Some((_, id)) = header_fields(&msg.header) {
+                self.nudges.insert(id);
+            }
+            self.ep.signer.sign_message(&mut msg);
+            if self.shell.send(to_zmq(&msg)).await.is_err() {
+                return;
+            }
+            let deadline = tokio::time::sleep(NUDGE_WAIT);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    m = self.iopub.recv() => if m.is_ok() { return },
+                    _ = self.shell_rx.recv() => {}
+                }
+            }
+        }
+        tracing::warn!("kernel did not answer kernel_info_request on iopub; continuing");
+    }
+
+    /// Signs and sends a client's message on `channel` (iopub takes none).
+    pub async fn send(&mut self, channel: Channel, mut msg: WireMessage) {
+        self.ep.signer.sign_message(&mut msg);
+        let z = to_zmq(&msg);
+        let r = match channel {
+            Channel::Shell => self.shell.send(z).await,
+            Channel::Control => self.control.send(z).await,
+            Channel::Stdin => self.stdin.send(z).await,
+            Channel::Iopub => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(
+                channel = channel.as_str(),
+                "sending to the kernel failed: {e}"
+            );
+        }
+    }
+
+    /// The next message from the kernel on any channel, verified; `None` for a message that
+    /// was bad (logged), answered a nudge, or a receive error (after a short pause).
+    pub async fn recv(&mut self) -> (Channel, Option<WireMessage>) {
+        let (channel, r) = tokio::select! {
+            r = self.iopub.recv() => (Channel::Iopub, r),
+            r = self.shell_rx.recv() => (Channel::Shell, r),
+            r = self.control_rx.recv() => (Channel::Control, r),
+            r = self.stdin_rx.recv() => (Channel::Stdin, r),
+        };
+        let m = match r {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(channel = channel.as_str(), "kernel socket: {e}");
+                tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                return (channel, None);
+            }
+        };
+        let msg = from_zmq(m, &self.ep.signer, channel);
+        (channel, msg.filter(|m| !self.is_nudge_reply(m)))
+    }
+
+    /// Whether `msg` answers one of the nudges.
+    fn is_nudge_reply(&self, msg: &WireMessage) -> bool {
+        !self.nudges.is_empty()
+            && wire::msg_id(&msg.parent_header).is_some_and(|id| self.nudges.contains(&id))
+    }
+}
+
+/// [`ClientSockets::recv`] on `socks`, or never when there are none.
+pub async fn recv_any(socks: &mut Option<ClientSockets>) -> (Channel, Option<WireMessage>) {
+    match socks {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,14 +364,5 @@ mod tests {
     fn timestamp_has_microseconds_and_z() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
         assert_eq!(timestamp(t), "2023-11-14T22:13:20.123456Z");
-    }
-
-    #[test]
-    fn header_fields_are_read() {
-        assert_eq!(
-            header_fields(br#"{"msg_type":"status","msg_id":"1","x":2}"#),
-            Some(("status".into(), "1".into()))
-        );
-        assert_eq!(header_fields(b"[]"), None);
     }
 }

@@ -3,26 +3,29 @@
 //!
 //! Jupyter Server (`--gateway-url`) and Enterprise Gateway's clients drive kernels through
 //! this API; teams without Kubernetes or YARN should not need all of Enterprise Gateway for
-//! it. The pieces, each in its own module:
+//! it. The pieces, each in its own module, lowest first (a module imports only from those
+//! above it in this list, and from `protocol`):
 //!
-//! - [`config`]: command line and environment, parsed once.
+//! - [`config`]: command line and environment, parsed once into typed settings.
+//! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
+//! - [`metrics`]: Prometheus counters, and the text format.
 //! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
-//! - [`response`]: the listener that receives launchers' encrypted connection payloads.
-//! - [`provisioner`]: where launchers run ([`provisioner::local`], [`provisioner::docker`], ...).
-//! - [`kernels`]: the registry and each kernel's lifecycle, limits, restarts, culling.
-//! - [`state`]: the state file a restarted gateway re-attaches its kernels from.
-//! - [`metrics`]: Prometheus counters and gauges.
 //! - [`channels`]: ZeroMQ sockets and messages to a kernel.
-//! - [`wsframe`]: the two WebSocket framings of kernel messages.
+//! - [`response`]: the listener that receives launchers' encrypted connection payloads.
+//! - [`provisioner`]: where launchers run ([`provisioner::local`], [`provisioner::ssh`],
+//!   [`provisioner::docker`]).
+//! - [`state`]: the state file a restarted gateway re-attaches its kernels from.
+//! - [`kernels`]: the registry, one owner task per kernel, limits, restarts, culling.
 //! - [`bridge`]: one WebSocket ⇄ one set of ZeroMQ sockets.
 //! - [`sessions`]: the `/api/sessions` store.
-//! - [`auth`]: token check and CORS.
-//! - [`api`]: the routes.
+//! - [`api`]: the routes, with token check and CORS in front.
+//!
+//! [`run`] puts them together and is also the shutdown sequence: stop accepting requests,
+//! stop or detach every kernel (through its owner), then cancel and join every task.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod auth;
 pub mod bridge;
 pub mod channels;
 pub mod config;
@@ -33,22 +36,30 @@ pub mod provisioner;
 pub mod response;
 pub mod sessions;
 pub mod state;
-pub mod wsframe;
+pub mod tasks;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use protocol::payload::PrivateKey;
 
 use crate::config::Config;
-use crate::kernels::{Grace, Kernels, Launcher};
+use crate::kernels::policy::Grace;
+use crate::kernels::{Kernels, Launcher, Rules};
 use crate::kernelspecs::KernelSpecs;
 use crate::provisioner::Provisioners;
+use crate::provisioner::docker::Docker;
 use crate::provisioner::local::Local;
+use crate::provisioner::ssh::Ssh;
 use crate::response::ResponseListener;
 use crate::state::StateStore;
+use crate::tasks::Tasks;
+
+/// How long the gateway's exit waits for its tasks once they are told to stop.
+const TASKS_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Size of the gateway's RSA key for launch payloads.
 const RSA_BITS: usize = 2048;
@@ -64,6 +75,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         launch_timeout = ?config.launch_timeout,
         kernelspec_dirs = ?config.kernelspec_dirs,
         allow_origin = ?config.allow_origin,
+        limits = ?config.limits,
+        restart_limit = config.restart_limit,
+        cull = ?config.cull,
         "starting gateway-lite"
     );
     let state = match &config.state_dir {
@@ -77,11 +91,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let key = tokio::task::spawn_blocking(|| PrivateKey::generate(RSA_BITS))
+    let tasks = Tasks::new();
+    let key = tasks
+        .spawn_blocking(|| PrivateKey::generate(RSA_BITS))
         .await
         .context("key generation task")?
         .context("generating the RSA key for launch payloads")?;
-    let response = ResponseListener::start(config.response_ip, key)
+    let response = ResponseListener::start(config.response_ip, key, &tasks)
         .await
         .with_context(|| format!("binding the response listener on {}", config.response_ip))?;
     let specs = Arc::new(KernelSpecs::discover(
@@ -92,29 +108,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for spec in specs.iter() {
         tracing::info!(name = %spec.name, wrapped = !spec.runs_launcher(), "kernelspec");
     }
-    let kernels = Arc::new(Kernels::new(
-        specs,
-        Launcher {
-            provisioners: Provisioners {
-                local: Arc::new(Local {
-                    kernel_ip: config.kernel_ip,
-                }),
-                ssh: Some(Arc::new(provisioner::ssh::Ssh::new(config.ssh.clone()))),
-                docker: Some(Arc::new(provisioner::docker::Docker::new(
-                    config.docker.clone(),
-                ))),
-            },
-            response,
-            launcher: config.launcher.clone(),
-            timeout: config.launch_timeout,
-            runtime_dir: std::env::temp_dir(),
-            grace: Grace::default(),
+    if !config.ssh.hosts.is_empty() {
+        tracing::info!(hosts = ?config.ssh.hosts, balancing = ?config.ssh.balancing, ssh_config = ?config.ssh.ssh_config, "remote hosts for DistributedProcessProxy kernelspecs");
+    }
+    let launcher = Launcher {
+        provisioners: Provisioners {
+            local: Arc::new(Local {
+                kernel_ip: config.kernel_ip,
+                tasks: tasks.clone(),
+            }),
+            ssh: Arc::new(Ssh::new(config.ssh.clone(), tasks.clone())),
+            docker: Arc::new(Docker::new(config.docker.clone(), tasks.clone())),
         },
-        config.policy.clone(),
-        state,
-    ));
-    kernels.restore().await;
-    kernels.spawn_tasks();
+        response,
+        launcher: config.launcher.clone(),
+        timeout: config.launch_timeout,
+        runtime_dir: std::env::temp_dir(),
+        grace: Grace::default(),
+    };
+    let rules = Rules {
+        limits: config.limits,
+        restart_limit: config.restart_limit,
+        cull: config.cull,
+    };
+    let kernels = Kernels::open(specs, launcher, rules, state, tasks.clone()).await;
     let state = api::AppState {
         kernels: kernels.clone(),
         sessions: Arc::default(),
@@ -122,7 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let app = api::router(
         state,
-        auth::AuthPolicy {
+        api::auth::AuthPolicy {
             token: config.auth_token.clone(),
             allow_origin: config.allow_origin.clone(),
         },
@@ -142,24 +159,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::debug!("TCP_NODELAY failed: {e}");
         }
     });
-    let stopping = kernels.clone();
-    let shutdown_kernels = config.shutdown_kernels_on_exit;
-    axum::serve(listener, app)
+    let closing = tasks.clone();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            if shutdown_kernels || !stopping.persistent() {
-                tracing::info!("shutting down every kernel");
-                stopping.shutdown_all().await;
-            } else {
-                tracing::info!(
-                    kernels = stopping.list().len(),
-                    "leaving kernels running for the next gateway (--shutdown-kernels-on-exit stops them)"
-                );
-            }
+            // WebSockets end and launches in flight are abandoned, so the server's wait for
+            // open requests is short.
+            closing.close();
         })
         .await
-        .context("serving HTTP")?;
-    Ok(())
+        .context("serving HTTP");
+    // No new requests: now every kernel, then every task.
+    let stop_kernels = config.shutdown_kernels_on_exit || !kernels.persistent();
+    if stop_kernels {
+        tracing::info!("shutting down every kernel");
+    } else {
+        tracing::info!(
+            kernels = kernels.list().len(),
+            "leaving kernels running for the next gateway (--shutdown-kernels-on-exit stops them)"
+        );
+    }
+    kernels.close(stop_kernels).await;
+    let left = tasks.shutdown(TASKS_DEADLINE).await;
+    tracing::info!(left, "gateway-lite stopped");
+    served
 }
 
 async fn shutdown_signal() {

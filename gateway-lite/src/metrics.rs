@@ -2,19 +2,32 @@
 //!
 //! Operators watch a gateway the way they watch everything else: kernel counts by state,
 //! launch outcomes and durations, deaths, restarts, culls, and the gateway's own memory. The
-//! counters are atomics bumped where the events happen (mostly [`crate::kernels`]); gauges are
-//! computed from the registry at scrape time. The format is small enough to write by hand,
-//! which keeps a metrics framework out of the dependency tree.
+//! counters are atomics bumped where the events happen (the kernel registry owns them);
+//! gauges are read from their owners at scrape time and handed in as [`Gauges`], so this
+//! module depends on nothing else in the gateway. The format is small enough to write by
+//! hand, which keeps a metrics framework out of the dependency tree.
 
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::kernels::Kernel;
-
 /// Upper bounds (seconds) of the launch-duration histogram buckets.
 const START_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// What the owners of live state report at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Kernels per execution state (`idle`, `busy`, ...).
+    pub kernels_by_state: Vec<(&'static str, u64)>,
+    /// Open kernel WebSocket connections.
+    pub connections: u64,
+    /// Bytes of kernel messages kept for clients that are away.
+    pub kept_bytes: u64,
+    /// Kernel launches in flight, counted against the limits (reservations).
+    pub reservations: u64,
+    /// Tasks the gateway runs (tracked).
+    pub tasks: u64,
+}
 
 /// Every counter of the gateway.
 #[derive(Debug, Default)]
@@ -27,6 +40,8 @@ pub struct Metrics {
     pub starts_timed_out: AtomicU64,
     /// Starts refused by a kernel limit.
     pub starts_refused: AtomicU64,
+    /// Starts abandoned because their client went away (or the gateway stopped).
+    pub starts_abandoned: AtomicU64,
     /// Restarts asked for through the API.
     pub restarts_requested: AtomicU64,
     /// Restarts after a kernel died.
@@ -59,26 +74,16 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, kernels: &[Arc<Kernel>]) -> String {
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut states: std::collections::BTreeMap<String, u64> =
-            ["starting", "idle", "busy", "restarting", "dead"]
-                .iter()
-                .map(|s| ((*s).to_owned(), 0))
-                .collect();
-        let mut connections = 0u64;
-        for k in kernels {
-            *states.entry(k.execution_state()).or_default() += 1;
-            connections += k.connection_count() as u64;
-        }
         head(
             &mut out,
             "gateway_lite_kernels",
             "gauge",
             "Kernels by execution state.",
         );
-        for (state, n) in &states {
+        for (state, n) in &gauges.kernels_by_state {
             let _ = writeln!(
                 out,
                 "gateway_lite_kernels{{execution_state=\"{}\"}} {n}",
@@ -91,18 +96,36 @@ impl Metrics {
             "gauge",
             "Open kernel WebSocket connections.",
         );
-        let _ = writeln!(out, "gateway_lite_websocket_connections {connections}");
+        let _ = writeln!(
+            out,
+            "gateway_lite_websocket_connections {}",
+            gauges.connections
+        );
         head(
             &mut out,
             "gateway_lite_kept_bytes",
             "gauge",
             "Bytes of kernel messages kept for clients that are away.",
         );
+        let _ = writeln!(out, "gateway_lite_kept_bytes {}", gauges.kept_bytes);
+        head(
+            &mut out,
+            "gateway_lite_kernel_reservations",
+            "gauge",
+            "Kernel launches in flight, counted against the kernel limits.",
+        );
         let _ = writeln!(
             out,
-            "gateway_lite_kept_bytes {}",
-            crate::bridge::kept_bytes()
+            "gateway_lite_kernel_reservations {}",
+            gauges.reservations
         );
+        head(
+            &mut out,
+            "gateway_lite_tasks",
+            "gauge",
+            "Background tasks of the gateway (kernel owners, monitors, WebSocket relays, ...).",
+        );
+        let _ = writeln!(out, "gateway_lite_tasks {}", gauges.tasks);
         head(
             &mut out,
             "gateway_lite_kernel_starts_total",
@@ -114,6 +137,7 @@ impl Metrics {
             ("failed", &self.starts_failed),
             ("timeout", &self.starts_timed_out),
             ("refused", &self.starts_refused),
+            ("abandoned", &self.starts_abandoned),
         ] {
             let _ = writeln!(
                 out,
@@ -234,7 +258,11 @@ mod tests {
         m.observe_start(Duration::from_millis(80));
         m.observe_start(Duration::from_secs(3));
         m.starts_ok.fetch_add(2, Ordering::Relaxed);
-        let text = m.render(&[]);
+        let text = m.render(&Gauges {
+            kernels_by_state: vec![("idle", 0), ("busy", 2)],
+            reservations: 1,
+            ..Gauges::default()
+        });
         assert!(
             text.contains("gateway_lite_kernel_start_seconds_bucket{le=\"0.05\"} 0\n"),
             "{text}"
@@ -257,6 +285,14 @@ mod tests {
         );
         assert!(
             text.contains("gateway_lite_kernels{execution_state=\"idle\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernels{execution_state=\"busy\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_lite_kernel_reservations 1\n"),
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");

@@ -1,7 +1,8 @@
 //! The response listener: where launchers deliver their encrypted connection payloads.
 //!
 //! Every launcher opens one TCP connection to the address it was given, writes its payload
-//! and closes (`eg-contract.md` §3.2). One listener serves every kernel. Each connection is
+//! and closes (Enterprise Gateway's launchers do the same; its `ResponseManager` reads them).
+//! One listener serves every kernel. Each connection is
 //! read to EOF on its own task, with a size cap and a deadline, so a silent or endless peer
 //! delays nobody (EG reads one connection at a time with no timeout). The payload is
 //! decrypted with the gateway's RSA key and handed to the start that waits for that kernel
@@ -17,6 +18,8 @@ use protocol::payload::{self, LaunchReport, PrivateKey};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+use crate::tasks::Tasks;
 
 /// How long one launcher may take to write its payload.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,14 +54,18 @@ impl Drop for Pending {
 }
 
 impl ResponseListener {
-    /// Binds `ip:0` and starts accepting payloads for `key`.
-    pub async fn start(ip: std::net::IpAddr, key: PrivateKey) -> std::io::Result<Self> {
+    /// Binds `ip:0` and starts accepting payloads for `key`, on `tasks`.
+    pub async fn start(
+        ip: std::net::IpAddr,
+        key: PrivateKey,
+        tasks: &Tasks,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let waiters: Waiters = Arc::default();
         let public_key = key.public_key().to_eg_string();
         let key = Arc::new(key);
-        tokio::spawn(accept_loop(listener, key, waiters.clone()));
+        tasks.spawn_until_stopped(accept_loop(listener, key, waiters.clone(), tasks.clone()));
         tracing::info!(%addr, "response listener ready");
         Ok(ResponseListener {
             addr,
@@ -91,7 +98,7 @@ impl ResponseListener {
     }
 }
 
-async fn accept_loop(listener: TcpListener, key: Arc<PrivateKey>, waiters: Waiters) {
+async fn accept_loop(listener: TcpListener, key: Arc<PrivateKey>, waiters: Waiters, tasks: Tasks) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -101,8 +108,9 @@ async fn accept_loop(listener: TcpListener, key: Arc<PrivateKey>, waiters: Waite
             Ok((stream, peer)) => {
                 let key = key.clone();
                 let waiters = waiters.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, key, waiters).await {
+                let blocking = tasks.clone();
+                tasks.spawn_until_stopped(async move {
+                    if let Err(e) = handle(stream, key, waiters, &blocking).await {
                         tracing::warn!(%peer, "launch payload rejected: {e}");
                     }
                     drop(permit);
@@ -137,6 +145,7 @@ async fn handle(
     stream: TcpStream,
     key: Arc<PrivateKey>,
     waiters: Waiters,
+    tasks: &Tasks,
 ) -> Result<(), ResponseError> {
     let cap = payload::MAX_PAYLOAD_LEN;
     let mut buf = Vec::with_capacity(4096);
@@ -154,12 +163,13 @@ async fn handle(
         tracing::debug!("empty connection on the response port ignored");
         return Ok(());
     }
-    let report = tokio::task::spawn_blocking(move || {
-        let inner = payload::decrypt(&key, &buf)?;
-        LaunchReport::from_json(&inner)
-    })
-    .await
-    .map_err(|_| ResponseError::Join)??;
+    let report = tasks
+        .spawn_blocking(move || {
+            let inner = payload::decrypt(&key, &buf)?;
+            LaunchReport::from_json(&inner)
+        })
+        .await
+        .map_err(|_| ResponseError::Join)??;
     let waiter = waiters
         .lock()
         .ok()

@@ -6,6 +6,10 @@
 //! kernelspec, request env, the connection info (ports and key), the comm port and where the
 //! launcher runs ([`Placement`]). The write is atomic (a temporary file, `fsync`, `rename`,
 //! `fsync` of the directory), so a crash at any moment leaves either the old or the new file.
+//! Each write carries the number of the change it records; a write older than the last one
+//! written is skipped, so a slow writer can never put an older snapshot over a newer one. A
+//! file that cannot be read is renamed aside with a timestamp and reported; the gateway then
+//! starts without it.
 //! An exclusive `flock` on `lock` keeps two gateways from sharing one directory, where each
 //! would overwrite the other's kernels. Launchers' log files live here too (`logs/<id>.log`),
 //! since a launcher that outlives the gateway cannot write into the gateway's pipes.
@@ -106,8 +110,9 @@ pub struct StateStore {
     dir: PathBuf,
     /// Held for the gateway's lifetime; the lock goes with the process.
     _lock: Flock<File>,
-    /// Serializes writers, so the file on disk is always the latest snapshot written.
-    write: Mutex<()>,
+    /// Serializes writers and holds the number of the last snapshot written, so the file on
+    /// disk is always the newest snapshot.
+    written: Mutex<u64>,
 }
 
 impl StateStore {
@@ -131,7 +136,7 @@ impl StateStore {
         Ok(StateStore {
             dir: dir.to_owned(),
             _lock: lock,
-            write: Mutex::new(()),
+            written: Mutex::new(0),
         })
     }
 
@@ -178,8 +183,9 @@ impl StateStore {
         })
     }
 
-    /// Replaces the recorded kernels with `kernels`, atomically.
-    pub fn save(&self, kernels: Vec<KernelRecord>) -> Result<(), StateError> {
+    /// Replaces the recorded kernels with `kernels`, the state after change number `seq`,
+    /// atomically; does nothing if a later change was written already.
+    pub fn save(&self, seq: u64, kernels: Vec<KernelRecord>) -> Result<(), StateError> {
         let doc = Document {
             version: VERSION,
             kernels,
@@ -188,7 +194,10 @@ impl StateStore {
             path: self.file(),
             source: std::io::Error::other(e),
         })?;
-        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if seq <= *written {
+            return Ok(());
+        }
         let tmp = self.dir.join("kernels.json.tmp");
         let mut f = OpenOptions::new()
             .create(true)
@@ -205,6 +214,7 @@ impl StateStore {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
+        *written = seq;
         Ok(())
     }
 }
@@ -250,9 +260,12 @@ mod tests {
         let dir = temp_dir("rt");
         let s = StateStore::open(&dir).unwrap();
         assert!(s.load().unwrap().is_empty());
-        s.save(vec![record("a"), record("b")]).unwrap();
+        s.save(1, vec![record("a"), record("b")]).unwrap();
         assert_eq!(s.load().unwrap(), vec![record("a"), record("b")]);
-        s.save(vec![record("b")]).unwrap();
+        s.save(3, vec![record("b")]).unwrap();
+        assert_eq!(s.load().unwrap(), vec![record("b")]);
+        // An older snapshot that reaches the disk late is not written over a newer one.
+        s.save(2, vec![record("a")]).unwrap();
         assert_eq!(s.load().unwrap(), vec![record("b")]);
         assert!(!dir.join("kernels.json.tmp").exists());
         let _ = std::fs::remove_dir_all(dir);

@@ -10,7 +10,8 @@
 //! - [`payload`]: Enterprise Gateway's encrypted "version 1" launch report.
 //! - [`comm`]: requests on the launcher's communication port.
 //! - [`ports`]: Enterprise Gateway's port-range rules.
-//! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature.
+//! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature; channel names.
+//! - [`wsframe`]: the two WebSocket framings of kernel messages (legacy JSON and v1).
 //! - [`spec`]: prose description of these formats, with the upstream documents they follow.
 //! - [`testing`]: a deterministic RNG for tests and fuzzing (never for production).
 //!
@@ -28,6 +29,7 @@ pub mod ports;
 pub mod spec;
 pub mod testing;
 pub mod wire;
+pub mod wsframe;
 
 /// The RNG traits taken by the `*_with_rng` functions (the `rand_core` version used by `rsa`).
 pub use rsa::rand_core;

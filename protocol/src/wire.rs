@@ -71,6 +71,64 @@ pub enum WireError {
     BadSignature,
 }
 
+/// The kernel channels a client talks on (the heartbeat channel carries no messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Requests and replies.
+    Shell,
+    /// Like shell, on a separate queue (interrupt, shutdown, debug).
+    Control,
+    /// Input requests from the kernel, replies from the client.
+    Stdin,
+    /// Broadcast output.
+    Iopub,
+}
+
+impl Channel {
+    /// The protocol name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Shell => "shell",
+            Channel::Control => "control",
+            Channel::Stdin => "stdin",
+            Channel::Iopub => "iopub",
+        }
+    }
+
+    /// Parses a protocol name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "shell" => Channel::Shell,
+            "control" => Channel::Control,
+            "stdin" => Channel::Stdin,
+            "iopub" => Channel::Iopub,
+            _ => return None,
+        })
+    }
+}
+
+/// The `msg_type` and `msg_id` of a header, if it is a JSON object that has a string
+/// `msg_type` (`msg_id` defaults to empty).
+pub fn header_fields(header: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct H {
+        msg_type: String,
+        #[serde(default)]
+        msg_id: String,
+    }
+    let h: H = serde_json::from_slice(header).ok()?;
+    Some((h.msg_type, h.msg_id))
+}
+
+/// The `msg_id` of a header or parent header, if it is a JSON object with a string `msg_id`.
+pub fn msg_id(header: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct H {
+        msg_id: String,
+    }
+    serde_json::from_slice::<H>(header).ok().map(|h| h.msg_id)
+}
+
 /// Splits ZeroMQ frames into a [`WireMessage`].
 ///
 /// The first frame equal to `<IDS|MSG>` is the delimiter, as in jupyter_client.
@@ -252,6 +310,32 @@ mod tests {
             content: b"{}".to_vec(),
             buffers: vec![b"\x00\x01binary".to_vec()],
         }
+    }
+
+    #[test]
+    fn channels_and_header_fields() {
+        for c in [
+            Channel::Shell,
+            Channel::Control,
+            Channel::Stdin,
+            Channel::Iopub,
+        ] {
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Channel::parse("hb"), None);
+        assert_eq!(
+            header_fields(br#"{"msg_type":"status","msg_id":"1","x":2}"#),
+            Some(("status".into(), "1".into()))
+        );
+        assert_eq!(
+            header_fields(br#"{"msg_type":"status"}"#),
+            Some(("status".into(), String::new()))
+        );
+        assert_eq!(header_fields(b"[]"), None);
+        assert_eq!(header_fields(b"\xff"), None);
+        assert_eq!(msg_id(br#"{"msg_id":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(msg_id(br#"{"msg_id":1}"#), None);
+        assert_eq!(msg_id(b"{}"), None);
     }
 
     /// RFC 4231 test case 2: HMAC-SHA256 with key "Jefe".

@@ -3,10 +3,10 @@
 //! The child gets its own process group (as jupyter_client's `start_new_session`), so
 //! signals to the gateway's terminal do not hit kernels and the gateway can signal the
 //! launcher's whole group. Its stdout and stderr are either read line by line into the
-//! gateway's log (the stderr tail kept for error messages) or, when the gateway persists its
-//! kernels, appended to a log file, so the launcher never writes into a pipe whose reader has
-//! gone. One task per child waits for it; that task is the only reaper, and it publishes the
-//! exit so a dead kernel is noticed at once.
+//! gateway's log through the shared bounded reader (the stderr tail kept for error messages)
+//! or, when the gateway persists its kernels, appended to a log file, so the launcher never
+//! writes into a pipe whose reader has gone. One tracked task per child waits for it; that
+//! task is the only reaper, and it publishes the exit so a dead kernel is noticed at once.
 //!
 //! A launcher re-attached after a gateway restart is no longer our child and cannot be
 //! waited for; a task polls `/proc/<pid>/stat` instead (every [`POLL`], so a death is still
@@ -21,16 +21,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{
-    ExitInfo, LaunchError, LaunchRequest, Launched, LogTail, Placement, ProcessControl, Provisioner,
-};
-
-/// Longest log line kept whole; longer ones are split.
-const MAX_LINE: usize = 8 * 1024;
+use super::output::{self, LogTail};
+use super::{Control, ExitInfo, LaunchError, LaunchRequest, Launched, Placement, Provision};
+use crate::tasks::Tasks;
 
 /// How often a re-attached launcher is checked.
 const POLL: Duration = Duration::from_millis(250);
@@ -40,10 +36,12 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct Local {
     /// Address kernels bind (passed as `KERNEL_LAUNCHER_IP`) and the gateway connects to.
     pub kernel_ip: IpAddr,
+    /// Where the reapers and output readers run.
+    pub tasks: Tasks,
 }
 
-impl Provisioner for Local {
-    fn launch(&self, request: LaunchRequest) -> Result<Launched, LaunchError> {
+impl Provision for Local {
+    async fn launch(&self, request: LaunchRequest) -> Result<Launched, LaunchError> {
         let (program, args) = request.argv.split_first().ok_or(LaunchError::EmptyArgv)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -79,18 +77,25 @@ impl Provisioner for Local {
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         tracing::info!(kernel_id = %request.kernel_id, pid, argv = ?request.argv, log_file = ?request.log_file, "launcher started");
         let id = request.kernel_id.clone();
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(read_lines(s, id.clone(), Some(log.clone()))));
+        let stderr = child.stderr.take().map(|s| {
+            let (id, tail) = (id.clone(), log.clone());
+            self.tasks.spawn(output::read_lines(s, move |l| {
+                output::log_line(&id, l, Some(&tail))
+            }))
+        });
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(read_lines(out, id.clone(), None));
+            let id = id.clone();
+            self.tasks.spawn(output::read_lines(out, move |l| {
+                output::log_line(&id, l, None)
+            }));
         }
         let start_time = proc_start_time(pid).unwrap_or(0);
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(None);
         let flag = exited.clone();
-        tokio::spawn(async move {
+        // The reaper is not cancelled at gateway exit: it ends with the launcher, or with the
+        // runtime when the gateway leaves its kernels running.
+        self.tasks.spawn_until_stopped(async move {
             let status = child.wait().await;
             flag.store(true, Ordering::SeqCst);
             let info = match status {
@@ -104,11 +109,7 @@ impl Provisioner for Local {
                 }
                 Err(e) => {
                     tracing::warn!(kernel_id = %id, "waiting for the launcher failed: {e}");
-                    ExitInfo {
-                        code: None,
-                        signal: None,
-                        retry_elsewhere: false,
-                    }
+                    ExitInfo::UNKNOWN
                 }
             };
             // Let the last stderr lines land in the tail before anyone reads it; an orphaned
@@ -122,7 +123,7 @@ impl Provisioner for Local {
         Ok(Launched {
             exit: rx,
             log,
-            control: Arc::new(LocalControl {
+            control: Control::Local(LocalControl {
                 pgid: pid,
                 start_time: None,
                 exited,
@@ -136,7 +137,11 @@ impl Provisioner for Local {
         })
     }
 
-    fn reattach(&self, kernel_id: &str, placement: &Placement) -> Result<Launched, LaunchError> {
+    async fn reattach(
+        &self,
+        kernel_id: &str,
+        placement: &Placement,
+    ) -> Result<Launched, LaunchError> {
         let Placement::Local {
             pid,
             start_time,
@@ -155,24 +160,20 @@ impl Provisioner for Local {
         let (tx, rx) = watch::channel(None);
         let flag = exited.clone();
         let id = kernel_id.to_owned();
-        tokio::spawn(async move {
+        self.tasks.spawn_until_stopped(async move {
             while alive(pid, start_time) {
                 tokio::time::sleep(POLL).await;
             }
             flag.store(true, Ordering::SeqCst);
             tracing::info!(kernel_id = %id, pid, "re-attached launcher ended");
             // Not our child: its status went to whoever reaped it.
-            let _ = tx.send(Some(ExitInfo {
-                code: None,
-                signal: None,
-                retry_elsewhere: false,
-            }));
+            let _ = tx.send(Some(ExitInfo::UNKNOWN));
         });
         tracing::info!(kernel_id, pid, "re-attached to a running launcher");
         Ok(Launched {
             exit: rx,
             log: log_file.clone().map(LogTail::file).unwrap_or_default(),
-            control: Arc::new(LocalControl {
+            control: Control::Local(LocalControl {
                 pgid: pid,
                 start_time: Some(start_time),
                 exited,
@@ -213,16 +214,18 @@ fn alive(pid: i32, start_time: u64) -> bool {
     proc_start_time(pid) == Some(start_time)
 }
 
+/// Signals a local launcher's process group.
 #[derive(Debug)]
-struct LocalControl {
+pub struct LocalControl {
     pgid: i32,
     /// For a re-attached launcher: checked before each signal, as its pid is not ours.
     start_time: Option<u64>,
     exited: Arc<AtomicBool>,
 }
 
-impl ProcessControl for LocalControl {
-    fn signal(&self, signal: Signal) {
+impl LocalControl {
+    /// `killpg(signal)`, unless the launcher was reaped or its pid now names another process.
+    pub fn signal(&self, signal: Signal) {
         // After the reaper has run the pid may belong to someone else.
         if self.pgid <= 1 || self.exited.load(Ordering::SeqCst) {
             return;
@@ -235,41 +238,6 @@ impl ProcessControl for LocalControl {
         if let Err(e) = killpg(Pid::from_raw(self.pgid), signal) {
             tracing::debug!(pgid = self.pgid, "killpg {signal} failed: {e}");
         }
-    }
-}
-
-/// Logs each line of `stream`, keeping them in `tail` if given. Lines are bounded.
-async fn read_lines(mut stream: impl AsyncRead + Unpin, kernel_id: String, tail: Option<LogTail>) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(pos) = buf
-            .iter()
-            .position(|&b| b == b'\n')
-            .or_else(|| (buf.len() > MAX_LINE).then_some(MAX_LINE))
-        {
-            let line: Vec<u8> = buf.drain(..=pos.min(buf.len() - 1)).collect();
-            emit(&line, &kernel_id, tail.as_ref());
-        }
-    }
-    if !buf.is_empty() {
-        emit(&buf, &kernel_id, tail.as_ref());
-    }
-}
-
-fn emit(line: &[u8], kernel_id: &str, tail: Option<&LogTail>) {
-    let text = String::from_utf8_lossy(line).trim_end().to_owned();
-    if text.is_empty() {
-        return;
-    }
-    tracing::info!(target: "kernel", kernel_id, "{text}");
-    if let Some(t) = tail {
-        t.push(text);
     }
 }
 

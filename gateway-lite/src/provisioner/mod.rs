@@ -2,26 +2,36 @@
 //!
 //! The kernel registry decides *what* to run (the launcher argv and env, from the kernelspec)
 //! and *when*; a provisioner decides *where*. [`local::Local`] runs the launcher as a child
-//! process in its own process group; other provisioners run it on other hosts or in
-//! containers. Each returns a [`Launched`] that reports the launcher's exit, keeps the tail of
-//! its log, can signal it, says at which host the kernel's ports are reachable, and carries a
-//! [`Placement`]: the few facts the gateway writes to its state file so that, after the
-//! gateway itself restarts, [`Provisioner::reattach`] can find the same launcher again.
+//! process in its own process group, [`ssh::Ssh`] on one of a list of hosts, [`docker::Docker`]
+//! as a container. Each returns a [`Launched`] that reports the launcher's exit, keeps the tail
+//! of its log, can signal it ([`Control`]), says at which host the kernel's ports are
+//! reachable, and carries a [`Placement`]: the few facts the gateway writes to its state file
+//! so that, after the gateway itself restarts, [`Provision::reattach`] can find the same
+//! launcher again.
+//!
+//! The interface is async all the way: starting a container is an Engine API call, resolving
+//! an ssh host runs `ssh -G` and a DNS look-up, and none of it may hold a runtime worker. The
+//! tasks a provisioner starts to follow a launcher (its output reader, its reaper or watcher)
+//! are spawned on the gateway's [`Tasks`](crate::tasks::Tasks), and every launcher's output
+//! goes through the one bounded reader in [`output`].
 
 pub mod docker;
 pub mod local;
+pub mod output;
 pub mod ssh;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-
 use tokio::sync::watch;
 
 use crate::kernelspecs::KernelSpec;
+pub use output::LogTail;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -116,8 +126,8 @@ pub enum LaunchError {
     /// cannot be turned into one (no image, a bad `KERNEL_UID`, ...).
     #[error("docker: {0}")]
     Docker(String),
-    /// The placement was written by a provisioner this gateway is not configured with.
-    #[error("no provisioner for a {0} placement is configured")]
+    /// A placement of another kind was handed to this provisioner (a bug).
+    #[error("a {0} placement cannot be followed here")]
     Unsupported(&'static str),
 }
 
@@ -134,6 +144,31 @@ pub struct ExitInfo {
     pub retry_elsewhere: bool,
 }
 
+impl ExitInfo {
+    /// An exit whose status is not known (the launcher was not our child).
+    pub const UNKNOWN: ExitInfo = ExitInfo {
+        code: None,
+        signal: None,
+        retry_elsewhere: false,
+    };
+
+    /// The launcher's own status; a code of 128+S (how a launcher, a shell or a container
+    /// runtime reports a death by signal S) is read as signal S.
+    pub fn from_code(code: i32) -> Self {
+        if (129..128 + 65).contains(&code) {
+            ExitInfo {
+                signal: Some(code - 128),
+                ..Self::UNKNOWN
+            }
+        } else {
+            ExitInfo {
+                code: Some(code),
+                ..Self::UNKNOWN
+            }
+        }
+    }
+}
+
 impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.code, self.signal) {
@@ -144,81 +179,32 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-/// The last lines a launcher wrote, for error messages: kept in memory when the output is
-/// piped through the gateway, read back from the end of the file when it goes to a file.
-#[derive(Debug, Clone, Default)]
-pub struct LogTail {
-    lines: Arc<Mutex<VecDeque<String>>>,
-    file: Option<PathBuf>,
+/// Signals a launcher (which forwards them to its kernel's process group).
+#[derive(Debug)]
+pub enum Control {
+    /// A process on this host.
+    Local(local::LocalControl),
+    /// A launcher on a remote host.
+    Ssh(ssh::SshControl),
+    /// A container.
+    Docker(docker::DockerControl),
 }
 
-impl LogTail {
-    /// Lines kept.
-    pub const LINES: usize = 20;
-
-    /// A tail read from `path` on demand.
-    pub fn file(path: PathBuf) -> Self {
-        LogTail {
-            lines: Arc::default(),
-            file: Some(path),
+impl Control {
+    /// Sends `signal` to the launcher (its process group), if it is still running. Failures
+    /// are logged: a launcher that is already gone needs no signal.
+    pub async fn signal(&self, signal: Signal) {
+        match self {
+            Control::Local(c) => c.signal(signal),
+            Control::Ssh(c) => c.signal(signal).await,
+            Control::Docker(c) => c.signal(signal).await,
         }
     }
 
-    /// Appends a line, dropping the oldest beyond [`Self::LINES`].
-    pub fn push(&self, line: String) {
-        if let Ok(mut l) = self.lines.lock() {
-            if l.len() == Self::LINES {
-                l.pop_front();
-            }
-            l.push_back(line);
-        }
+    /// Whether the launcher runs on this host (its reported pgid names a local process group).
+    pub fn is_local(&self) -> bool {
+        matches!(self, Control::Local(_))
     }
-
-    /// Replaces the kept lines with `lines` (the last [`Self::LINES`] of them).
-    pub fn replace(&self, lines: Vec<String>) {
-        if let Ok(mut l) = self.lines.lock() {
-            l.clear();
-            let skip = lines.len().saturating_sub(Self::LINES);
-            l.extend(lines.into_iter().skip(skip));
-        }
-    }
-
-    /// The kept lines, joined with newlines.
-    pub fn text(&self) -> String {
-        if let Some(path) = &self.file {
-            return file_tail(path, Self::LINES);
-        }
-        self.lines
-            .lock()
-            .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default()
-    }
-}
-
-/// The last `lines` lines of `path` (at most the last 64 KiB are read).
-fn file_tail(path: &std::path::Path, lines: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    const MAX: u64 = 64 * 1024;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if f.seek(SeekFrom::Start(len.saturating_sub(MAX))).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    if f.take(MAX).read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Signals for a launcher (which forwards them to its kernel's process group).
-pub trait ProcessControl: Send + Sync + fmt::Debug {
-    /// Sends `signal` to the launcher's process group, if it is still running.
-    fn signal(&self, signal: nix::sys::signal::Signal);
 }
 
 /// A started launcher.
@@ -229,7 +215,7 @@ pub struct Launched {
     /// Its stderr tail.
     pub log: LogTail,
     /// Signalling.
-    pub control: Arc<dyn ProcessControl>,
+    pub control: Control,
     /// The host at which the kernel's ZeroMQ and comm ports are reachable (EG likewise
     /// replaces the payload's `ip` with the host's address).
     pub host: String,
@@ -237,14 +223,57 @@ pub struct Launched {
     pub placement: Placement,
 }
 
-/// Starts launchers somewhere.
-pub trait Provisioner: Send + Sync + fmt::Debug + 'static {
+/// Starts launchers somewhere, and finds them again after a gateway restart.
+pub trait Provision: Send + Sync {
     /// Starts one launcher.
-    fn launch(&self, request: LaunchRequest) -> Result<Launched, LaunchError>;
+    fn launch(
+        &self,
+        request: LaunchRequest,
+    ) -> impl Future<Output = Result<Launched, LaunchError>> + Send;
     /// Finds a launcher started by an earlier run of the gateway, from its recorded
     /// placement, and follows it as if it had just been launched. Fails with
     /// [`LaunchError::Gone`] when it is no longer running.
-    fn reattach(&self, kernel_id: &str, placement: &Placement) -> Result<Launched, LaunchError>;
+    fn reattach(
+        &self,
+        kernel_id: &str,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<Launched, LaunchError>> + Send;
+}
+
+/// The provisioner chosen for one kernelspec (or one recorded placement).
+#[derive(Debug, Clone)]
+pub enum Provisioner {
+    /// This host.
+    Local(Arc<local::Local>),
+    /// Remote hosts: the kernelspec's own list, or the configured ones.
+    Ssh(Arc<ssh::Ssh>, Option<Arc<[String]>>),
+    /// Containers, with the kernelspec's `image_name`.
+    Docker(Arc<docker::Docker>, Option<String>),
+}
+
+impl Provisioner {
+    /// Starts one launcher.
+    pub async fn launch(&self, request: LaunchRequest) -> Result<Launched, LaunchError> {
+        match self {
+            Provisioner::Local(p) => p.launch(request).await,
+            Provisioner::Ssh(p, None) => p.launch(request).await,
+            Provisioner::Ssh(p, Some(hosts)) => p.launch_on(hosts, request).await,
+            Provisioner::Docker(p, image) => p.launch_with(image.as_deref(), request).await,
+        }
+    }
+
+    /// See [`Provision::reattach`].
+    pub async fn reattach(
+        &self,
+        kernel_id: &str,
+        placement: &Placement,
+    ) -> Result<Launched, LaunchError> {
+        match self {
+            Provisioner::Local(p) => p.reattach(kernel_id, placement).await,
+            Provisioner::Ssh(p, _) => p.reattach(kernel_id, placement).await,
+            Provisioner::Docker(p, _) => p.reattach(kernel_id, placement).await,
+        }
+    }
 }
 
 /// The configured provisioners, and which one runs a given kernelspec.
@@ -254,12 +283,12 @@ pub trait Provisioner: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct Provisioners {
     /// Runs launchers on this host.
-    pub local: Arc<dyn Provisioner>,
+    pub local: Arc<local::Local>,
     /// Runs launchers on remote hosts over SSH (`DistributedProcessProxy` specs).
-    pub ssh: Option<Arc<ssh::Ssh>>,
+    pub ssh: Arc<ssh::Ssh>,
     /// Runs launchers as containers (`DockerProcessProxy` and `DockerSwarmProcessProxy`
     /// specs; Swarm ones run as plain containers too).
-    pub docker: Option<Arc<docker::Docker>>,
+    pub docker: Arc<docker::Docker>,
 }
 
 impl Provisioners {
@@ -269,63 +298,46 @@ impl Provisioners {
     /// `metadata.process_proxy.config.remote_hosts` (a comma-separated string as in EG, or a
     /// list) or else on `--remote-hosts`. With neither, they run on this host: EG would ssh
     /// to `localhost`, which needs sshd and keys for no gain.
-    pub fn for_spec(&self, spec: &KernelSpec) -> Result<Arc<dyn Provisioner>, LaunchError> {
+    pub fn for_spec(&self, spec: &KernelSpec) -> Result<Provisioner, LaunchError> {
         let class = spec.process_proxy.as_deref().unwrap_or_default();
         if class.ends_with("DockerProcessProxy") || class.ends_with("DockerSwarmProcessProxy") {
-            let docker = self
-                .docker
-                .clone()
-                .ok_or(LaunchError::Unsupported("docker"))?;
             let image = spec
                 .proxy_config
                 .get("image_name")
                 .and_then(serde_json::Value::as_str)
                 .filter(|i| !i.is_empty())
                 .map(str::to_owned);
-            return Ok(Arc::new(docker::DockerFor { docker, image }));
+            return Ok(Provisioner::Docker(self.docker.clone(), image));
         }
         if class.ends_with("DistributedProcessProxy") {
             let own = spec_hosts(spec)?;
-            if let Some(ssh) = &self.ssh {
-                if !own.is_empty() {
-                    return Ok(Arc::new(ssh::SshOn {
-                        ssh: ssh.clone(),
-                        hosts: own,
-                    }));
-                }
-                if !ssh.hosts().is_empty() {
-                    return Ok(ssh.clone());
-                }
+            if !own.is_empty() {
+                return Ok(Provisioner::Ssh(self.ssh.clone(), Some(own.into())));
+            }
+            if !self.ssh.hosts().is_empty() {
+                return Ok(Provisioner::Ssh(self.ssh.clone(), None));
             }
             tracing::info!(
                 spec = %spec.name,
                 "{class} without remote hosts (--remote-hosts): running the kernel on this host"
             );
         }
-        Ok(self.local.clone())
+        Ok(Provisioner::Local(self.local.clone()))
     }
 
     /// The provisioner that made `placement`.
-    pub fn for_placement(
-        &self,
-        placement: &Placement,
-    ) -> Result<Arc<dyn Provisioner>, LaunchError> {
+    pub fn for_placement(&self, placement: &Placement) -> Provisioner {
         match placement {
-            Placement::Local { .. } => Ok(self.local.clone()),
-            Placement::Ssh { .. } => match &self.ssh {
-                Some(ssh) => Ok(ssh.clone()),
-                None => Err(LaunchError::Unsupported("ssh")),
-            },
-            Placement::Docker { .. } => match &self.docker {
-                Some(docker) => Ok(docker.clone()),
-                None => Err(LaunchError::Unsupported("docker")),
-            },
+            Placement::Local { .. } => Provisioner::Local(self.local.clone()),
+            Placement::Ssh { .. } => Provisioner::Ssh(self.ssh.clone(), None),
+            Placement::Docker { .. } => Provisioner::Docker(self.docker.clone(), None),
         }
     }
 }
 
 /// A spec's own `metadata.process_proxy.config.remote_hosts`.
 fn spec_hosts(spec: &KernelSpec) -> Result<Vec<String>, LaunchError> {
+    use crate::config::names::parse_hosts;
     let bad = |message: String| LaunchError::Remote {
         host: String::new(),
         message: format!(
@@ -335,14 +347,14 @@ fn spec_hosts(spec: &KernelSpec) -> Result<Vec<String>, LaunchError> {
     };
     match spec.proxy_config.get("remote_hosts") {
         None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-        Some(serde_json::Value::String(s)) => ssh::parse_hosts(s).map_err(bad),
+        Some(serde_json::Value::String(s)) => parse_hosts(s).map_err(bad),
         Some(serde_json::Value::Array(items)) => {
             let mut out = Vec::new();
             for item in items {
                 let h = item
                     .as_str()
                     .ok_or_else(|| bad(format!("{item} is not a string")))?;
-                out.extend(ssh::parse_hosts(h).map_err(bad)?);
+                out.extend(parse_hosts(h).map_err(bad)?);
             }
             Ok(out)
         }

@@ -1,10 +1,8 @@
-//! Command line and environment, parsed once into a typed [`Config`].
+//! The raw command line as clap sees it, and its translation into a checked [`Config`].
 //!
-//! Every knob of the gateway is read here and nowhere else: after [`Config::from_args`]
-//! returns, no code looks at command-line arguments, and the only environment the rest of the
-//! gateway reads is the one it hands to kernels (and the Jupyter data paths, which are part of
-//! the kernelspec search and are captured here too, as [`SearchEnv`]). Errors name the option
-//! (and its environment variable) and say how to fix it; `main` exits 64 (`EX_USAGE`) on them.
+//! Each option has an environment variable (`GATEWAY_LITE_*`, and Enterprise Gateway's own
+//! names where a team migrating from it would already have set them). Every check names the
+//! option and its variable, and says what to write instead.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -12,20 +10,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::kernels::{Cull, Policy};
-
-/// Exit code for configuration errors (BSD `EX_USAGE`).
-pub const EXIT_USAGE: i32 = 64;
-
-/// A configuration error: the option at fault and what to do instead.
-#[derive(Debug, thiserror::Error)]
-#[error("{option}: {problem}")]
-pub struct ConfigError {
-    /// The option and its environment variable.
-    pub option: &'static str,
-    /// What is wrong and how to fix it.
-    pub problem: String,
-}
+use super::names::{parse_hosts, valid_image, valid_name};
+use super::{
+    Config, ConfigError, Cull, DockerSettings, Limits, SearchEnv, SshSettings, parse_secs,
+};
 
 /// The raw command line, as clap sees it.
 #[derive(Debug, Parser)]
@@ -132,9 +120,13 @@ struct Args {
         value_delimiter = ','
     )]
     docker_labels: Vec<String>,
-    /// The docker CLI used to run kernel containers.
-    #[arg(long = "docker", env = "GATEWAY_LITE_DOCKER", default_value = "docker")]
-    docker_cli: String,
+    /// The Docker Engine API socket kernel containers are run through: `unix:///PATH` or a
+    /// path. Default: `DOCKER_HOST` when it is a `unix://` URL, else /var/run/docker.sock.
+    #[arg(long, env = "GATEWAY_LITE_DOCKER_HOST")]
+    docker_host: Option<String>,
+    /// Docker's own variable, read when --docker-host is not given.
+    #[arg(long = "docker-host-env", env = "DOCKER_HOST", hide = true)]
+    docker_host_env: Option<String>,
     /// Address the response listener binds and launchers are told to report to.
     #[arg(long, env = "GATEWAY_LITE_RESPONSE_IP", default_value = "127.0.0.1")]
     response_ip: String,
@@ -183,214 +175,134 @@ struct Args {
     cull_busy: bool,
 }
 
-/// Where the Jupyter data paths come from: the environment at start-up, captured once.
-#[derive(Debug, Clone, Default)]
-pub struct SearchEnv {
-    /// `JUPYTER_PATH`, split on `:`.
-    pub jupyter_path: Vec<PathBuf>,
-    /// `JUPYTER_DATA_DIR`.
-    pub data_dir: Option<PathBuf>,
-    /// `HOME` (never looked up through the password database).
-    pub home: Option<PathBuf>,
-    /// `XDG_STATE_HOME`, for the default state directory.
-    pub state_home: Option<PathBuf>,
-}
-
-impl SearchEnv {
-    /// Reads `JUPYTER_PATH`, `JUPYTER_DATA_DIR` and `HOME`.
-    pub fn from_env() -> Self {
-        let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        SearchEnv {
-            jupyter_path: non_empty("JUPYTER_PATH")
-                .map(|v| {
-                    std::env::split_paths(&v)
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            data_dir: non_empty("JUPYTER_DATA_DIR").map(PathBuf::from),
-            home: non_empty("HOME").map(PathBuf::from),
-            state_home: non_empty("XDG_STATE_HOME").map(PathBuf::from),
+/// Parses `argv`; with `exit_on_help`, `--help` and `--version` print and exit 0.
+pub(super) fn parse<I, T>(
+    argv: I,
+    search: SearchEnv,
+    exit_on_help: bool,
+) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Args::try_parse_from(argv).map_err(|e| {
+        use clap::error::ErrorKind;
+        if exit_on_help && matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            e.exit();
         }
-    }
-}
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Listen address.
-    pub ip: IpAddr,
-    /// Listen port (0 = any).
-    pub port: u16,
-    /// Token, when authentication is on.
-    pub auth_token: Option<String>,
-    /// `--kernelspec-dir` values, in order.
-    pub kernelspec_dirs: Vec<PathBuf>,
-    /// Jupyter data path inputs.
-    pub search: SearchEnv,
-    /// `--default-kernel-name`.
-    pub default_kernel_name: Option<String>,
-    /// The kernel-launcher binary.
-    pub launcher: PathBuf,
-    /// Default launch timeout.
-    pub launch_timeout: Duration,
-    /// The SSH provisioner's settings.
-    pub ssh: crate::provisioner::ssh::Settings,
-    /// The Docker provisioner's settings.
-    pub docker: crate::provisioner::docker::DockerConfig,
-    /// `Access-Control-Allow-Origin`.
-    pub allow_origin: Option<String>,
-    /// Response listener address.
-    pub response_ip: IpAddr,
-    /// Address local kernels bind.
-    pub kernel_ip: IpAddr,
-    /// WebSocket message size limit.
-    pub max_message_bytes: usize,
-    /// Where kernels are recorded; `None`: no persistence.
-    pub state_dir: Option<PathBuf>,
-    /// Shut kernels down at exit.
-    pub shutdown_kernels_on_exit: bool,
-    /// Limits, restarts and culling.
-    pub policy: Policy,
-}
-
-impl Config {
-    /// Parses the process's command line and environment. `--help` and `--version` print
-    /// and exit 0 inside; every other problem, syntax included, is a [`ConfigError`].
-    pub fn from_args() -> Result<Self, ConfigError> {
-        let args = Args::try_parse().map_err(|e| {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                e.exit();
-            }
-            ConfigError {
-                option: "command line",
-                problem: e.to_string(),
-            }
-        })?;
-        Self::from_parsed(args, SearchEnv::from_env())
-    }
-
-    /// Parses an explicit argv (for tests); the environment is still consulted by clap.
-    pub fn try_from_iter<I, T>(argv: I, search: SearchEnv) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let args = Args::try_parse_from(argv).map_err(|e| ConfigError {
+        ConfigError {
             option: "command line",
             problem: e.to_string(),
-        })?;
-        Self::from_parsed(args, search)
-    }
+        }
+    })?;
+    from_parsed(args, search)
+}
 
-    fn from_parsed(args: Args, search: SearchEnv) -> Result<Self, ConfigError> {
-        let ip = parse_ip(&args.ip, "--ip (env GATEWAY_LITE_IP)")?;
-        let response_ip = parse_ip(
-            &args.response_ip,
-            "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
-        )?;
-        if response_ip.is_unspecified() {
+fn from_parsed(args: Args, search: SearchEnv) -> Result<Config, ConfigError> {
+    let ip = parse_ip(&args.ip, "--ip (env GATEWAY_LITE_IP)")?;
+    let response_ip = parse_ip(
+        &args.response_ip,
+        "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
+    )?;
+    if response_ip.is_unspecified() {
+        return Err(ConfigError {
+            option: "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
+            problem: format!(
+                "{response_ip} cannot be advertised to launchers; give the address they can reach, e.g. 127.0.0.1"
+            ),
+        });
+    }
+    let kernel_ip = parse_ip(&args.kernel_ip, "--kernel-ip (env GATEWAY_LITE_KERNEL_IP)")?;
+    let ssh = ssh_settings(&args)?;
+    let docker = docker_settings(&args)?;
+    let launch_timeout = parse_secs(&args.launch_timeout).ok_or_else(|| ConfigError {
+        option: "--launch-timeout (env GATEWAY_LITE_LAUNCH_TIMEOUT)",
+        problem: format!(
+            "{:?} is not a positive number of seconds; use e.g. 30",
+            args.launch_timeout
+        ),
+    })?;
+    for dir in &args.kernelspec_dirs {
+        if !dir.is_dir() {
             return Err(ConfigError {
-                option: "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
+                option: "--kernelspec-dir (env GATEWAY_LITE_KERNELSPEC_DIRS)",
                 problem: format!(
-                    "{response_ip} cannot be advertised to launchers; give the address they can reach, e.g. 127.0.0.1"
+                    "{} is not a directory; give a directory holding <name>/kernel.json",
+                    dir.display()
                 ),
             });
         }
-        let kernel_ip = parse_ip(&args.kernel_ip, "--kernel-ip (env GATEWAY_LITE_KERNEL_IP)")?;
-        let ssh = ssh_settings(&args)?;
-        let docker = docker_settings(&args)?;
-        let launch_timeout = parse_secs(&args.launch_timeout).ok_or_else(|| ConfigError {
-            option: "--launch-timeout (env GATEWAY_LITE_LAUNCH_TIMEOUT)",
-            problem: format!(
-                "{:?} is not a positive number of seconds; use e.g. 30",
-                args.launch_timeout
-            ),
-        })?;
-        for dir in &args.kernelspec_dirs {
-            if !dir.is_dir() {
-                return Err(ConfigError {
-                    option: "--kernelspec-dir (env GATEWAY_LITE_KERNELSPEC_DIRS)",
-                    problem: format!(
-                        "{} is not a directory; give a directory holding <name>/kernel.json",
-                        dir.display()
-                    ),
-                });
+    }
+    if args.max_message_bytes < 1024 {
+        return Err(ConfigError {
+            option: "--max-message-bytes (env GATEWAY_LITE_MAX_MESSAGE_BYTES)",
+            problem: format!("{} is too small; use at least 1024", args.max_message_bytes),
+        });
+    }
+    let secs_or_zero =
+        |text: &str, option: &'static str| -> Result<Option<Duration>, ConfigError> {
+            if text.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+                return Ok(None);
             }
-        }
-        if args.max_message_bytes < 1024 {
+            parse_secs(text).map(Some).ok_or_else(|| ConfigError {
+                option,
+                problem: format!(
+                    "{text:?} is not a number of seconds; use e.g. 3600, or 0 to turn it off"
+                ),
+            })
+        };
+    let cull_idle = secs_or_zero(
+        &args.cull_idle_timeout,
+        "--cull-idle-timeout (env GATEWAY_LITE_CULL_IDLE_TIMEOUT)",
+    )?;
+    let cull_interval = parse_secs(&args.cull_interval).ok_or_else(|| ConfigError {
+        option: "--cull-interval (env GATEWAY_LITE_CULL_INTERVAL)",
+        problem: format!(
+            "{:?} is not a positive number of seconds; use e.g. 300",
+            args.cull_interval
+        ),
+    })?;
+    if args.max_kernels == Some(0) {
+        return Err(ConfigError {
+            option: "--max-kernels (env GATEWAY_LITE_MAX_KERNELS)",
+            problem: "0 would refuse every kernel; give at least 1, or leave it out for no limit"
+                .into(),
+        });
+    }
+    let max_kernels_per_user = match args.max_kernels_per_user {
+        None | Some(-1) => None,
+        Some(n) if n >= 1 => usize::try_from(n).ok(),
+        Some(n) => {
             return Err(ConfigError {
-                option: "--max-message-bytes (env GATEWAY_LITE_MAX_MESSAGE_BYTES)",
-                problem: format!("{} is too small; use at least 1024", args.max_message_bytes),
+                option: "--max-kernels-per-user (env GATEWAY_LITE_MAX_KERNELS_PER_USER)",
+                problem: format!("{n} is not a limit; give at least 1, or -1 for no limit"),
             });
         }
-        let secs_or_zero =
-            |text: &str, option: &'static str| -> Result<Option<Duration>, ConfigError> {
-                if text.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
-                    return Ok(None);
-                }
-                parse_secs(text).map(Some).ok_or_else(|| ConfigError {
-                    option,
-                    problem: format!(
-                        "{text:?} is not a number of seconds; use e.g. 3600, or 0 to turn it off"
-                    ),
-                })
-            };
-        let cull_idle = secs_or_zero(
-            &args.cull_idle_timeout,
-            "--cull-idle-timeout (env GATEWAY_LITE_CULL_IDLE_TIMEOUT)",
-        )?;
-        let cull_interval = parse_secs(&args.cull_interval).ok_or_else(|| ConfigError {
-            option: "--cull-interval (env GATEWAY_LITE_CULL_INTERVAL)",
-            problem: format!(
-                "{:?} is not a positive number of seconds; use e.g. 300",
-                args.cull_interval
-            ),
-        })?;
-        if args.max_kernels == Some(0) {
-            return Err(ConfigError {
-                option: "--max-kernels (env GATEWAY_LITE_MAX_KERNELS)",
-                problem:
-                    "0 would refuse every kernel; give at least 1, or leave it out for no limit"
-                        .into(),
-            });
+    };
+    let state_dir = match args.state_dir {
+        _ if args.no_state_dir => None,
+        Some(dir) => Some(dir),
+        None if args.port == 0 => None,
+        None => {
+            let base = search
+                .state_home
+                .clone()
+                .or_else(|| search.home.as_ref().map(|h| h.join(".local/state")));
+            // Without XDG_STATE_HOME or HOME there is no per-user default: no persistence.
+            base.map(|b| b.join("gateway-lite").join(format!("port-{}", args.port)))
         }
-        let max_kernels_per_user = match args.max_kernels_per_user {
-            None | Some(-1) => None,
-            Some(n) if n >= 1 => usize::try_from(n).ok(),
-            Some(n) => {
-                return Err(ConfigError {
-                    option: "--max-kernels-per-user (env GATEWAY_LITE_MAX_KERNELS_PER_USER)",
-                    problem: format!("{n} is not a limit; give at least 1, or -1 for no limit"),
-                });
-            }
-        };
-        let state_dir = match args.state_dir {
-            _ if args.no_state_dir => None,
-            Some(dir) => Some(dir),
-            None if args.port == 0 => None,
-            None => {
-                let base = search
-                    .state_home
-                    .clone()
-                    .or_else(|| search.home.as_ref().map(|h| h.join(".local/state")));
-                // Without XDG_STATE_HOME or HOME there is no per-user default: no persistence.
-                base.map(|b| b.join("gateway-lite").join(format!("port-{}", args.port)))
-            }
-        };
-        let policy = Policy {
-            max_kernels: args.max_kernels,
-            max_kernels_per_user,
-            restart_limit: args.restart_limit,
-            cull: cull_idle.map(|idle_timeout| Cull {
-                idle_timeout,
-                interval: cull_interval,
-                connected: args.cull_connected,
-                busy: args.cull_busy,
-            }),
-        };
-        let launcher = match args.launcher {
+    };
+    let limits = Limits {
+        max_kernels: args.max_kernels,
+        max_kernels_per_user,
+    };
+    let cull = cull_idle.map(|idle_timeout| Cull {
+        idle_timeout,
+        interval: cull_interval,
+        connected: args.cull_connected,
+        busy: args.cull_busy,
+    });
+    let launcher = match args.launcher {
             Some(path) => {
                 if !path.is_file() {
                     return Err(ConfigError {
@@ -408,26 +320,27 @@ impl Config {
                 problem: "kernel-launcher was found neither next to gateway-lite nor on PATH; build it (cargo build -p launcher) or pass --launcher PATH".into(),
             })?,
         };
-        Ok(Config {
-            ip,
-            port: args.port,
-            auth_token: args.auth_token.filter(|t| !t.is_empty()),
-            kernelspec_dirs: args.kernelspec_dirs,
-            ssh,
-            docker,
-            search,
-            default_kernel_name: args.default_kernel_name.filter(|n| !n.is_empty()),
-            launcher,
-            launch_timeout,
-            allow_origin: args.allow_origin.filter(|o| !o.is_empty()),
-            response_ip,
-            kernel_ip,
-            max_message_bytes: args.max_message_bytes,
-            state_dir,
-            shutdown_kernels_on_exit: args.shutdown_kernels_on_exit,
-            policy,
-        })
-    }
+    Ok(Config {
+        ip,
+        port: args.port,
+        auth_token: args.auth_token.filter(|t| !t.is_empty()),
+        kernelspec_dirs: args.kernelspec_dirs,
+        ssh,
+        docker,
+        search,
+        default_kernel_name: args.default_kernel_name.filter(|n| !n.is_empty()),
+        launcher,
+        launch_timeout,
+        allow_origin: args.allow_origin.filter(|o| !o.is_empty()),
+        response_ip,
+        kernel_ip,
+        max_message_bytes: args.max_message_bytes,
+        state_dir,
+        shutdown_kernels_on_exit: args.shutdown_kernels_on_exit,
+        limits,
+        restart_limit: args.restart_limit,
+        cull,
+    })
 }
 
 fn parse_ip(text: &str, option: &'static str) -> Result<IpAddr, ConfigError> {
@@ -439,15 +352,8 @@ fn parse_ip(text: &str, option: &'static str) -> Result<IpAddr, ConfigError> {
         })
 }
 
-/// Parses a positive, finite number of seconds (`"30"`, `"2.5"`).
-pub fn parse_secs(text: &str) -> Option<Duration> {
-    let secs: f64 = text.trim().parse().ok()?;
-    (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
-}
-
 /// The Docker provisioner's options.
-fn docker_settings(args: &Args) -> Result<crate::provisioner::docker::DockerConfig, ConfigError> {
-    use crate::provisioner::docker::{DockerConfig, valid_image, valid_name};
+fn docker_settings(args: &Args) -> Result<DockerSettings, ConfigError> {
     let (network, option) = match (&args.docker_network, &args.eg_docker_network) {
         (Some(n), _) => (
             n.clone(),
@@ -505,14 +411,9 @@ fn docker_settings(args: &Args) -> Result<crate::provisioner::docker::DockerConf
             }
         }
     }
-    if args.docker_cli.is_empty() {
-        return Err(ConfigError {
-            option: "--docker (env GATEWAY_LITE_DOCKER)",
-            problem: "empty; give the docker CLI (default: docker on PATH)".into(),
-        });
-    }
-    Ok(DockerConfig {
-        docker: args.docker_cli.clone(),
+    let socket = docker_socket(args)?;
+    Ok(DockerSettings {
+        socket,
         network,
         image,
         name_prefix: args.docker_name_prefix.clone(),
@@ -520,9 +421,30 @@ fn docker_settings(args: &Args) -> Result<crate::provisioner::docker::DockerConf
     })
 }
 
+/// The Engine API socket: `--docker-host`, else `DOCKER_HOST`, else the default path. Only
+/// Unix sockets are spoken (a TCP daemon would need TLS settings this gateway does not take).
+fn docker_socket(args: &Args) -> Result<PathBuf, ConfigError> {
+    let (value, option) = match (&args.docker_host, &args.docker_host_env) {
+        (Some(v), _) if !v.is_empty() => {
+            (v.as_str(), "--docker-host (env GATEWAY_LITE_DOCKER_HOST)")
+        }
+        (_, Some(v)) if !v.is_empty() => (v.as_str(), "DOCKER_HOST (--docker-host)"),
+        _ => return Ok(DockerSettings::default().socket),
+    };
+    let path = value.strip_prefix("unix://").unwrap_or(value);
+    if !path.starts_with('/') {
+        return Err(ConfigError {
+            option,
+            problem: format!(
+                "{value:?} is not a Unix socket; give unix:///var/run/docker.sock or a socket path"
+            ),
+        });
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// The SSH provisioner's options.
-fn ssh_settings(args: &Args) -> Result<crate::provisioner::ssh::Settings, ConfigError> {
-    use crate::provisioner::ssh::{Settings, parse_hosts};
+fn ssh_settings(args: &Args) -> Result<SshSettings, ConfigError> {
     let hosts = match (&args.remote_hosts, &args.eg_remote_hosts) {
         (Some(h), _) => parse_hosts(h).map_err(|problem| ConfigError {
             option: "--remote-hosts (env GATEWAY_LITE_REMOTE_HOSTS)",
@@ -575,14 +497,14 @@ fn ssh_settings(args: &Args) -> Result<crate::provisioner::ssh::Settings, Config
             problem: format!("{dir:?} is not an absolute path; use e.g. /tmp"),
         });
     }
-    Ok(Settings {
+    Ok(SshSettings {
         hosts,
         ssh_config: args.ssh_config.clone(),
         user,
         balancing,
         connect_timeout: Duration::from_secs(connect_timeout),
         remote_log_dir: dir.clone(),
-        ..Settings::default()
+        ..SshSettings::default()
     })
 }
 
@@ -638,8 +560,8 @@ mod tests {
     fn policy_options() {
         let c = parse(&["--port", "0"]).unwrap();
         assert!(c.state_dir.is_none(), "no default state with --port 0");
-        assert!(c.policy.cull.is_none());
-        assert_eq!(c.policy.restart_limit, 5);
+        assert!(c.cull.is_none());
+        assert_eq!(c.restart_limit, 5);
         let c = parse(&[
             "--cull-idle-timeout",
             "60",
@@ -653,11 +575,11 @@ mod tests {
             "/tmp/x",
         ])
         .unwrap();
-        let cull = c.policy.cull.unwrap();
+        let cull = c.cull.unwrap();
         assert_eq!(cull.idle_timeout, Duration::from_secs(60));
         assert_eq!(cull.interval, Duration::from_secs(5));
-        assert_eq!(c.policy.max_kernels, Some(3));
-        assert_eq!(c.policy.max_kernels_per_user, None);
+        assert_eq!(c.limits.max_kernels, Some(3));
+        assert_eq!(c.limits.max_kernels_per_user, None);
         assert_eq!(c.state_dir.as_deref(), Some(Path::new("/tmp/x")));
         let c = parse(&["--port", "9999", "--no-state-dir"]).unwrap();
         assert!(
@@ -683,6 +605,9 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.docker.network, "bridge");
         assert_eq!(c.docker.name_prefix, "gateway-lite");
+        assert_eq!(c.docker.socket, Path::new("/var/run/docker.sock"));
+        let c = parse(&["--docker-host", "unix:///run/d.sock"]).unwrap();
+        assert_eq!(c.docker.socket, Path::new("/run/d.sock"));
         let c = parse(&[
             "--docker-network",
             "kernels",
@@ -708,11 +633,40 @@ mod tests {
             (&["--docker-image=--privileged"][..], "--docker-image"),
             (&["--docker-name-prefix", "a b"][..], "--docker-name-prefix"),
             (&["--docker-label", "novalue"][..], "--docker-label"),
-            (&["--docker", ""][..], "--docker "),
+            (&["--docker-host", "tcp://h:2375"][..], "--docker-host"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.option.starts_with(option), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn ssh_options_are_checked_and_named() {
+        use crate::config::Balancing;
+        let c = parse(&[
+            "--remote-hosts",
+            "a, root@b",
+            "--load-balancing",
+            "least-connection",
+        ])
+        .unwrap();
+        assert_eq!(c.ssh.hosts, ["a", "root@b"]);
+        assert_eq!(c.ssh.balancing, Balancing::LeastConnection);
+        for (args, option) in [
+            (&["--remote-hosts=a,-oProxyCommand=x"][..], "--remote-hosts"),
+            (&["--load-balancing", "random"][..], "--load-balancing"),
+            (
+                &["--ssh-config", "/definitely/not/here"][..],
+                "--ssh-config",
+            ),
+            (&["--ssh-user=-x"][..], "--ssh-user"),
+            (&["--ssh-connect-timeout", "0"][..], "--ssh-connect-timeout"),
+            (&["--remote-log-dir", "relative"][..], "--remote-log-dir"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+        }
+        assert!("fastest".parse::<Balancing>().is_err());
     }
 
     #[test]

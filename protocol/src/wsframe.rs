@@ -16,13 +16,15 @@
 //! Toward the client the four JSON parts are spliced in byte for byte (after checking each is
 //! JSON), so key order and number formatting survive. Every decoder checks lengths and
 //! offsets before slicing: a bad frame is an error value, never a panic.
+//!
+//! This lives in `protocol`, not in the gateway, because browsers are peers too: every byte a
+//! peer sends is parsed here, by pure functions the fuzz targets reach without sockets.
 
-use protocol::wire::WireMessage;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use crate::channels::Channel;
+use crate::wire::{Channel, WireMessage, header_fields};
 
 /// The v1 subprotocol name.
 pub const V1_PROTOCOL: &str = "v1.kernel.websocket.jupyter.org";
@@ -257,8 +259,7 @@ pub fn encode(framing: Framing, channel: Channel, msg: &WireMessage) -> Result<O
             Ok(OutFrame::Binary(out))
         }
         Framing::Legacy => {
-            let (msg_type, msg_id) =
-                crate::channels::header_fields(&msg.header).unwrap_or_default();
+            let (msg_type, msg_id) = header_fields(&msg.header).unwrap_or_default();
             let text = |buffers: bool| {
                 let mut s = String::with_capacity(msg.header.len() + msg.content.len() + 200);
                 s.push_str("{\"header\":");

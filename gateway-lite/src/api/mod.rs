@@ -1,0 +1,104 @@
+//! The REST and WebSocket routes of the Jupyter Kernel Gateway API.
+//!
+//! These are the routes Jupyter Server's `--gateway-url` client and Enterprise Gateway's
+//! clients call, with EG's status codes and JSON error bodies `{"reason", "message"}`
+//! ([`error`]). Handlers only translate between HTTP and the kernel registry
+//! ([`crate::kernels`]); request bodies are parsed here by hand so that bad JSON is a JSON
+//! 400, not a framework's plain-text rejection. One deliberate difference from EG: an
+//! unknown kernelspec name is 404, not 500. [`auth`] stands in front of every route.
+
+pub mod auth;
+pub mod error;
+mod kernels;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::kernels::Kernels;
+use crate::sessions::Sessions;
+use auth::AuthPolicy;
+pub use error::ApiError;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The kernels.
+    pub kernels: Kernels,
+    /// The sessions.
+    pub sessions: Arc<Sessions>,
+    /// WebSocket message size limit.
+    pub max_message_bytes: usize,
+}
+
+/// Builds the router, with authentication and CORS in front.
+pub fn router(state: AppState, policy: AuthPolicy) -> Router {
+    Router::new()
+        .route("/api", get(kernels::api_info))
+        .route("/api/", get(kernels::api_info))
+        .route("/api/kernelspecs", get(kernels::list_specs))
+        .route("/api/kernelspecs/{name}", get(kernels::get_spec))
+        .route(
+            "/kernelspecs/{name}/{*resource}",
+            get(kernels::spec_resource),
+        )
+        .route(
+            "/api/kernels",
+            get(kernels::list_kernels).post(kernels::start_kernel),
+        )
+        .route(
+            "/api/kernels/{id}",
+            get(kernels::get_kernel).delete(kernels::delete_kernel),
+        )
+        .route(
+            "/api/kernels/{id}/interrupt",
+            post(kernels::interrupt_kernel),
+        )
+        .route("/api/kernels/{id}/restart", post(kernels::restart_kernel))
+        .route("/api/kernels/{id}/channels", get(kernels::channels))
+        .route("/metrics", get(kernels::metrics))
+        .route(
+            "/api/sessions",
+            get(sessions::list_sessions).post(sessions::create_session),
+        )
+        .route(
+            "/api/sessions/{id}",
+            get(sessions::get_session)
+                .patch(sessions::patch_session)
+                .delete(sessions::delete_session),
+        )
+        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(policy),
+            auth::layer,
+        ))
+}
+
+/// Parses an optional JSON object body.
+pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid JSON in the request body: {e}"
+        ))),
+    }
+}
+
+pub(super) fn optional_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!("\"{key}\" must be a string"))),
+    }
+}

@@ -1,0 +1,206 @@
+//! Running one launcher and waiting for its payload.
+//!
+//! A launch registers a wait with the response listener, has the provisioner start the
+//! launcher, and returns as soon as the payload arrives, the launcher exits (the error
+//! carries its stderr tail), the launch timeout expires, or the caller gives up (its client
+//! went away, the kernel is being shut down, the gateway stops). In every case but success
+//! the launcher it started is stopped before the launch returns: an abandoned launch leaves
+//! nothing running. A launcher that could not run where it was sent (an unreachable SSH host)
+//! is sent elsewhere, within the same timeout.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::payload::LaunchReport;
+use protocol::wire::Signer;
+
+use super::error::KernelError;
+use super::policy::Grace;
+use super::stop;
+use crate::channels::KernelEndpoints;
+use crate::kernelspecs::{KernelSpec, Placeholders};
+use crate::provisioner::{LaunchRequest, Launched, Provisioners};
+use crate::response::ResponseListener;
+
+/// Most places one kernel start tries: a launcher that could not be run where it was sent
+/// (an unreachable SSH host) is sent elsewhere, up to this many times in all.
+const MAX_PLACEMENTS: u32 = 8;
+
+/// One running (or dead) incarnation of a kernel: its launcher and where it listens.
+#[derive(Debug)]
+pub(super) struct Process {
+    pub launched: Launched,
+    pub endpoints: Arc<KernelEndpoints>,
+}
+
+/// What starting a launcher needs.
+#[derive(Debug)]
+pub struct Launcher {
+    /// Where launchers run.
+    pub provisioners: Provisioners,
+    /// Where payloads arrive.
+    pub response: ResponseListener,
+    /// The kernel-launcher binary used to wrap plain kernelspecs.
+    pub launcher: PathBuf,
+    /// Default launch timeout.
+    pub timeout: Duration,
+    /// Directory for `{connection_file}` in specs that run a launcher themselves.
+    pub runtime_dir: PathBuf,
+    /// Shutdown waits.
+    pub grace: Grace,
+}
+
+/// What one launch is for.
+pub(super) struct Job<'a> {
+    pub id: &'a str,
+    pub spec: &'a KernelSpec,
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub generation: u64,
+    pub log_file: Option<PathBuf>,
+}
+
+impl Launcher {
+    /// Runs a launcher for `job` and waits for its payload, or until `abandon` completes.
+    pub(super) async fn launch(
+        &self,
+        job: Job<'_>,
+        abandon: impl Future<Output = ()>,
+    ) -> Result<Process, KernelError> {
+        let id = job.id;
+        let mut pending = self.response.expect(id);
+        let connection_file = self.runtime_dir.join(format!("kernel-{id}.json"));
+        let connection_file = connection_file.to_string_lossy();
+        let response_address = self.response.address();
+        let fill = Placeholders {
+            kernel_id: id,
+            response_address: &response_address,
+            public_key: self.response.public_key(),
+            connection_file: &connection_file,
+        };
+        let argv = job.spec.command(&fill, &self.launcher);
+        let mut launch_env = job.spec.env.clone();
+        launch_env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        launch_env.insert("KERNEL_ID".into(), id.to_owned());
+        let launch_error = |e: crate::provisioner::LaunchError| KernelError::Launch {
+            kernel_id: id.to_owned(),
+            message: e.to_string(),
+        };
+        let provisioner = self.provisioners.for_spec(job.spec).map_err(launch_error)?;
+        let deadline = tokio::time::Instant::now() + job.timeout;
+        tokio::pin!(abandon);
+        let mut attempts = 0;
+        let (launched, report) = loop {
+            attempts += 1;
+            let request = LaunchRequest {
+                kernel_id: id.to_owned(),
+                argv: argv.clone(),
+                env: launch_env.clone(),
+                log_file: job.log_file.clone(),
+            };
+            // Starting is short (a spawn, an ssh, two Engine API calls) and not interrupted,
+            // so that whatever it started is known and can be stopped.
+            let launched = provisioner.launch(request).await.map_err(launch_error)?;
+            let mut exit = launched.exit.clone();
+            let report = tokio::select! {
+                r = &mut pending.report => r.map_err(|_| KernelError::Launch {
+                    kernel_id: id.to_owned(),
+                    message: "the payload wait was replaced".into(),
+                }),
+                e = exit.wait_for(Option::is_some) => {
+                    let e = e.ok().and_then(|e| *e);
+                    if e.is_some_and(|e| e.retry_elsewhere) && attempts < MAX_PLACEMENTS {
+                        tracing::warn!(kernel_id = id, attempts, "launching elsewhere: {}", launched.log.text());
+                        continue;
+                    }
+                    let how = e.map(|e| e.to_string()).unwrap_or_default();
+                    Err(KernelError::Launch {
+                        kernel_id: id.to_owned(),
+                        message: format!("The launcher ended ({how}) before reporting its connection info:\n{}", launched.log.text()),
+                    })
+                }
+                () = tokio::time::sleep_until(deadline) => Err(KernelError::Timeout {
+                    kernel_id: id.to_owned(),
+                    secs: job.timeout.as_secs_f64(),
+                    log: launched.log.text(),
+                }),
+                () = &mut abandon => Err(KernelError::Cancelled(id.to_owned())),
+            };
+            break (launched, report);
+        };
+        let endpoints =
+            report.and_then(|r| endpoints(id, r, launched.host.clone(), job.generation));
+        let endpoints = match endpoints {
+            Ok(ep) => ep,
+            Err(e) => {
+                if matches!(e, KernelError::Cancelled(_)) {
+                    tracing::info!(kernel_id = id, "launch abandoned; stopping its launcher");
+                } else {
+                    tracing::warn!(kernel_id = id, "{e}");
+                }
+                stop::terminate(&launched, None, self.grace).await;
+                return Err(e);
+            }
+        };
+        let i = &endpoints.info;
+        tracing::info!(
+            kernel_id = id,
+            generation = job.generation,
+            shell = i.shell_port,
+            iopub = i.iopub_port,
+            stdin = i.stdin_port,
+            control = i.control_port,
+            hb = i.hb_port,
+            comm_port = ?endpoints.comm_port,
+            pid = ?endpoints.pid,
+            "kernel started"
+        );
+        Ok(Process {
+            launched,
+            endpoints: Arc::new(endpoints),
+        })
+    }
+}
+
+/// The endpoints a payload reports, if they are usable.
+fn endpoints(
+    id: &str,
+    report: LaunchReport,
+    host: String,
+    generation: u64,
+) -> Result<KernelEndpoints, KernelError> {
+    let fail = |message: String| KernelError::Launch {
+        kernel_id: id.to_owned(),
+        message,
+    };
+    let info = report.connection;
+    if info.transport != "tcp" {
+        return Err(fail(format!(
+            "unsupported transport {:?} in the connection info",
+            info.transport
+        )));
+    }
+    if info.signature_scheme != "hmac-sha256" {
+        return Err(fail(format!(
+            "unsupported signature scheme {:?}",
+            info.signature_scheme
+        )));
+    }
+    if info.key.is_empty() {
+        return Err(fail(
+            "the connection info has an empty key; unsigned kernels are refused".into(),
+        ));
+    }
+    Ok(KernelEndpoints {
+        signer: Signer::new(info.key.as_bytes()),
+        info,
+        host,
+        comm_port: report.comm_port.filter(|p| *p != 0),
+        pid: report.pid,
+        pgid: report.pgid,
+        generation,
+    })
+}

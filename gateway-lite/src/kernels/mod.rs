@@ -1,0 +1,341 @@
+//! The kernels of this gateway: the registry, one owner task per kernel, and the rules they
+//! follow.
+//!
+//! **Ownership.** Every kernel has exactly one owner, a tracked task ([`lifecycle`]) that
+//! holds the kernel's process and takes commands (interrupt, restart, shutdown, detach) one
+//! at a time; the launcher's exit is an event of that same task. Everyone else holds a
+//! [`Kernel`] handle: it reads what the owner publishes and sends it commands. The
+//! [`Kernels`] facade below checks requests, reserves room under the limits, spawns starts
+//! as tracked tasks and forwards commands; it never touches a process itself.
+//!
+//! The pieces: [`registry`] (ids, limits and reservations, the state-file snapshots),
+//! [`lifecycle`] (the owners), [`launch`] and [`stop`] (one launcher up, one incarnation
+//! down), [`monitor`] (execution state from iopub, the readiness probe), [`clients`] (the one
+//! client count, the parked connection and its bounded backlog), [`policy`] (the rules, as
+//! pure functions), [`env`] (the request's `KERNEL_*` variables), [`phase`] and [`kernel`]
+//! (what a handle shows), [`error`].
+
+mod clients;
+mod env;
+mod error;
+mod kernel;
+mod launch;
+mod lifecycle;
+mod monitor;
+mod phase;
+pub mod policy;
+mod registry;
+mod stop;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use clients::{Backlog, Clients, Kept, KeptBudget, PARK_TOTAL_MAX_BYTES, Presence};
+pub use env::{MAX_ENV_VALUE, kernel_env};
+pub use error::KernelError;
+pub use kernel::Kernel;
+pub use launch::Launcher;
+pub use phase::Phase;
+use policy::ExecutionState;
+
+use crate::config::{Cull, Limits, parse_secs};
+use crate::kernelspecs::KernelSpecs;
+use crate::metrics::{Gauges, Metrics};
+use crate::state::StateStore;
+use crate::tasks::Tasks;
+use kernel::Command;
+use lifecycle::{Context, StartRequest};
+use registry::Registry;
+
+/// How long a signal interrupt waits for a starting kernel to become ready.
+const INTERRUPT_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the gateway's exit waits for its kernels to be stopped or detached.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// The operator's rules for kernels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules {
+    /// Kernel limits.
+    pub limits: Limits,
+    /// Consecutive automatic restarts of a dead kernel; 0 turns them off.
+    pub restart_limit: u32,
+    /// Idle culling, when on.
+    pub cull: Option<Cull>,
+}
+
+/// All kernels of this gateway. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Kernels {
+    ctx: Arc<Context>,
+    specs: Arc<KernelSpecs>,
+}
+
+impl Kernels {
+    /// Opens the registry: re-attaches to the kernels an earlier run recorded in `store`, and
+    /// starts the culler when culling is on.
+    pub async fn open(
+        specs: Arc<KernelSpecs>,
+        launcher: Launcher,
+        rules: Rules,
+        store: Option<StateStore>,
+        tasks: Tasks,
+    ) -> Self {
+        let budget = Arc::new(KeptBudget::new(PARK_TOTAL_MAX_BYTES));
+        let registry = Arc::new(Registry::new(rules.limits, store, budget, tasks.clone()));
+        let ctx = Arc::new(Context {
+            launcher,
+            registry,
+            tasks: tasks.clone(),
+            metrics: Arc::default(),
+            restart_limit: rules.restart_limit,
+        });
+        let kernels = Kernels { ctx, specs };
+        kernels.restore().await;
+        if let Some(cull) = rules.cull {
+            tasks.spawn_until_stopped(kernels.clone().cull_loop(cull));
+        }
+        kernels
+    }
+
+    /// Whether kernels are recorded for a gateway restart.
+    pub fn persistent(&self) -> bool {
+        self.ctx.registry.persistent()
+    }
+
+    /// The kernelspecs.
+    pub fn specs(&self) -> &KernelSpecs {
+        &self.specs
+    }
+
+    /// Every kernel, by id.
+    pub fn list(&self) -> Vec<Arc<Kernel>> {
+        self.ctx.registry.list()
+    }
+
+    /// The kernel `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<Kernel>, KernelError> {
+        self.ctx
+            .registry
+            .get(id)
+            .ok_or_else(|| KernelError::NoSuchKernel(id.to_owned()))
+    }
+
+    /// The gateway's tasks (the WebSocket bridge spawns its relays there).
+    pub fn tasks(&self) -> &Tasks {
+        &self.ctx.tasks
+    }
+
+    /// Starts a kernel of spec `name` (the default when `None`) with the request's `env`.
+    ///
+    /// The launch runs in its own tracked task: if this future is dropped (the client went
+    /// away), the launch is abandoned, its launcher stopped and its reservation released; if
+    /// the kernel was registered just before, it is shut down.
+    pub async fn start(
+        &self,
+        name: Option<&str>,
+        env: Option<&Value>,
+    ) -> Result<Arc<Kernel>, KernelError> {
+        let name = name.unwrap_or(self.specs.default_name()).to_owned();
+        let spec = self
+            .specs
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| KernelError::NoSuchSpec(name.clone()))?;
+        let env = kernel_env(env)?;
+        let timeout = env
+            .get("KERNEL_LAUNCH_TIMEOUT")
+            .and_then(|t| parse_secs(t))
+            .unwrap_or(self.ctx.launcher.timeout);
+        let user = env.get("KERNEL_USERNAME").cloned().unwrap_or_default();
+        let reservation = self.ctx.registry.reserve(&user).map_err(|e| {
+            self.ctx
+                .metrics
+                .starts_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            KernelError::Limit(e.to_string())
+        })?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = StartRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            spec,
+            env,
+            timeout,
+            reservation,
+            reply,
+        };
+        self.ctx
+            .tasks
+            .spawn(lifecycle::start(self.ctx.clone(), request));
+        answer
+            .await
+            .map_err(|_| KernelError::Cancelled("(the gateway is stopping)".into()))?
+    }
+
+    /// Re-attaches to the kernels recorded by an earlier run of the gateway. Kernels whose
+    /// launcher is gone are dropped from the record and listed in the log with their pids.
+    async fn restore(&self) {
+        let records = match self.ctx.registry.recorded() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}; starting without the recorded kernels");
+                return;
+            }
+        };
+        if records.is_empty() {
+            return;
+        }
+        let mut lost = Vec::new();
+        for r in records {
+            let (id, pid, pgid) = (r.id.clone(), r.pid, r.pgid);
+            let Some(spec) = self.specs.get(&r.name).cloned() else {
+                tracing::warn!(kernel_id = %id, ?pid, ?pgid, "not restored: its kernelspec {:?} is no longer served", r.name);
+                lost.push(id);
+                continue;
+            };
+            let placement = format!("{:?}", r.placement);
+            match lifecycle::restore(self.ctx.clone(), r, spec).await {
+                Ok(()) => {
+                    self.ctx
+                        .metrics
+                        .reattached
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(why) => {
+                    tracing::warn!(kernel_id = %id, ?pid, ?pgid, placement, "not restored: {why}");
+                    lost.push(id);
+                }
+            }
+        }
+        // The state file now holds the restored kernels only.
+        let snapshot = self.ctx.registry.current();
+        self.ctx.registry.persist(snapshot).await;
+        if !lost.is_empty() {
+            tracing::warn!(kernels = ?lost, "recorded kernels that could not be re-attached");
+        }
+    }
+
+    /// Interrupts kernel `id`.
+    ///
+    /// Interop quirk: ipykernel ignores SIGINT between cells, but only once it has set that
+    /// up; a SIGINT in the first few hundred milliseconds after the launcher reported kills
+    /// the kernel (Enterprise Gateway has the same race). So a signal interrupt waits, up to
+    /// [`INTERRUPT_READY_WAIT`], until this incarnation has answered `kernel_info_request`.
+    pub async fn interrupt(&self, id: &str) -> Result<(), KernelError> {
+        let kernel = self.get(id)?;
+        let generation = kernel.phase.borrow().generation();
+        if let Some(generation) = generation.filter(|_| !kernel.spec.interrupt_by_message) {
+            let mut ready = kernel.ready.subscribe();
+            let mut phase = kernel.phase();
+            tokio::select! {
+                r = tokio::time::timeout(INTERRUPT_READY_WAIT, ready.wait_for(|g| *g >= generation)) => {
+                    if r.is_err() {
+                        tracing::warn!(kernel_id = id, "interrupting a kernel that has not answered kernel_info yet");
+                    }
+                }
+                // Restarted, shut down or dead meanwhile: the owner answers.
+                _ = phase.wait_for(|p| p.generation() != Some(generation)) => {}
+            }
+        }
+        kernel.ask(Command::Interrupt).await?
+    }
+
+    /// Restarts kernel `id`: same id, new launcher, new ports and key.
+    pub async fn restart(&self, id: &str) -> Result<Arc<Kernel>, KernelError> {
+        let kernel = self.get(id)?;
+        kernel.ask(Command::Restart).await??;
+        Ok(kernel)
+    }
+
+    /// Shuts kernel `id` down and forgets it.
+    pub async fn shutdown(&self, id: &str) -> Result<(), KernelError> {
+        self.get(id)?.ask(Command::Shutdown).await
+    }
+
+    /// The gateway exits: every kernel is shut down (`stop`) or left running for the next
+    /// gateway, its owner ended either way. Bounded by [`CLOSE_WAIT`].
+    pub async fn close(&self, stop: bool) {
+        let all = self.list();
+        let n = all.len();
+        let each = all.into_iter().map(|k| async move {
+            if stop {
+                let _ = k.ask(Command::Shutdown).await;
+            } else {
+                let _ = k.ask(Command::Detach).await;
+            }
+        });
+        if tokio::time::timeout(CLOSE_WAIT, futures_util::future::join_all(each))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                kernels = n,
+                "not every kernel was closed within {CLOSE_WAIT:?}"
+            );
+        }
+    }
+
+    /// Shuts down every kernel idle longer than the timeout, each [`Cull::interval`].
+    async fn cull_loop(self, cull: Cull) {
+        let mut tick = tokio::time::interval(cull.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for k in self.list() {
+                let (state, connections, idle) =
+                    (k.execution_state(), k.connection_count(), k.idle_for());
+                if !policy::should_cull(&cull, state, connections, idle) {
+                    continue;
+                }
+                tracing::info!(
+                    kernel_id = %k.id,
+                    state = state.as_str(),
+                    connections,
+                    idle_secs = idle.as_secs(),
+                    "culling idle kernel"
+                );
+                if self.shutdown(&k.id).await.is_ok() {
+                    self.ctx
+                        .metrics
+                        .culled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text of `/metrics`: the counters, and gauges read from their owners.
+    pub fn metrics_text(&self) -> String {
+        let kernels = self.list();
+        let mut gauges = Gauges {
+            kernels_by_state: ExecutionState::ALL
+                .iter()
+                .map(|s| (s.as_str(), 0))
+                .collect(),
+            kept_bytes: self.ctx.registry.budget.used() as u64,
+            reservations: self.ctx.registry.reservations() as u64,
+            tasks: self.ctx.tasks.len() as u64,
+            ..Gauges::default()
+        };
+        for k in &kernels {
+            let state = k.execution_state().as_str();
+            if let Some(slot) = gauges
+                .kernels_by_state
+                .iter_mut()
+                .find(|(s, _)| *s == state)
+            {
+                slot.1 += 1;
+            }
+            gauges.connections += k.connection_count() as u64;
+        }
+        self.ctx.metrics.render(&gauges)
+    }
+
+    /// The counters (for tests and embedders).
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+}

@@ -1,0 +1,309 @@
+//! The registry: which kernels exist, which launches are in flight against the limits, and
+//! what the state file says.
+//!
+//! One lock guards all three, so every change is seen whole: a launch's reservation turns
+//! into its kernel in one step (the limits never count it twice or not at all), and the
+//! state-file snapshot of a change is taken under the lock that made the change, numbered.
+//! [`StateStore::save`] writes a snapshot only if no newer one was written, so two changes
+//! racing to the disk can never leave the older one there.
+//!
+//! The registry holds data only. Kernels are started, restarted and stopped by their owners
+//! ([`super::lifecycle`]), which report here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::clients::KeptBudget;
+use super::kernel::Kernel;
+use super::policy::{self, LimitError};
+use crate::config::Limits;
+use crate::state::{KernelRecord, StateStore};
+use crate::tasks::Tasks;
+
+/// Launches in flight, counted against the limits before they finish.
+#[derive(Debug, Default)]
+struct InFlight {
+    total: usize,
+    by_user: HashMap<String, usize>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    kernels: BTreeMap<String, Arc<Kernel>>,
+    records: BTreeMap<String, KernelRecord>,
+    in_flight: InFlight,
+    /// Number of the latest change.
+    seq: u64,
+}
+
+/// The state file's content after one change.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    seq: u64,
+    records: Vec<KernelRecord>,
+}
+
+/// Every kernel of this gateway, the launches in flight, and the state file.
+#[derive(Debug)]
+pub(super) struct Registry {
+    inner: Mutex<Inner>,
+    limits: Limits,
+    store: Option<Arc<StateStore>>,
+    /// Bytes kept for away clients, across all kernels.
+    pub(super) budget: Arc<KeptBudget>,
+    tasks: Tasks,
+}
+
+/// A launch's place in the limits; released when dropped, unless it became a kernel.
+#[derive(Debug)]
+pub(super) struct Reservation {
+    registry: Arc<Registry>,
+    user: String,
+    held: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held {
+            self.registry.lock().in_flight.release(&self.user);
+        }
+    }
+}
+
+impl InFlight {
+    fn release(&mut self, user: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_user.remove(user);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub(super) fn new(
+        limits: Limits,
+        store: Option<StateStore>,
+        budget: Arc<KeptBudget>,
+        tasks: Tasks,
+    ) -> Self {
+        Registry {
+            inner: Mutex::default(),
+            limits,
+            store: store.map(Arc::new),
+            budget,
+            tasks,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update below is a few map operations that cannot panic half-way.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether kernels are recorded for a gateway restart.
+    pub(super) fn persistent(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Where the launcher of kernel `id` writes its output, when kernels are recorded.
+    pub(super) fn log_file(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.store.as_ref().map(|s| s.log_file(id))
+    }
+
+    /// The recorded kernels of an earlier run (see [`StateStore::load`]).
+    pub(super) fn recorded(&self) -> Result<Vec<KernelRecord>, crate::state::StateError> {
+        match &self.store {
+            Some(s) => s.load(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Counts a launch for `user` against the limits, or refuses it.
+    pub(super) fn reserve(self: &Arc<Self>, user: &str) -> Result<Reservation, LimitError> {
+        let mut inner = self.lock();
+        let total = inner.kernels.len() + inner.in_flight.total;
+        let mine = inner
+            .kernels
+            .values()
+            .filter(|k| k.username == user)
+            .count()
+            + inner.in_flight.by_user.get(user).copied().unwrap_or(0);
+        policy::admit(&self.limits, total, mine, user)?;
+        inner.in_flight.total += 1;
+        *inner.in_flight.by_user.entry(user.to_owned()).or_default() += 1;
+        Ok(Reservation {
+            registry: self.clone(),
+            user: user.to_owned(),
+            held: true,
+        })
+    }
+
+    /// Turns `reservation` into `kernel`, recorded as `record`, in one step.
+    pub(super) fn admit(
+        &self,
+        mut reservation: Reservation,
+        kernel: Arc<Kernel>,
+        record: KernelRecord,
+    ) -> Snapshot {
+        let mut inner = self.lock();
+        inner.in_flight.release(&reservation.user);
+        reservation.held = false;
+        Self::put(&mut inner, kernel, record)
+    }
+
+    /// Adds a kernel re-attached from the state file.
+    pub(super) fn restored(&self, kernel: Arc<Kernel>, record: KernelRecord) -> Snapshot {
+        Self::put(&mut self.lock(), kernel, record)
+    }
+
+    fn put(inner: &mut Inner, kernel: Arc<Kernel>, record: KernelRecord) -> Snapshot {
+        inner.records.insert(kernel.id.clone(), record);
+        inner.kernels.insert(kernel.id.clone(), kernel);
+        Self::snapshot(inner)
+    }
+
+    /// Replaces the record of kernel `id` (a new incarnation), or drops it (`None`: the
+    /// kernel is dead and nothing is left to re-attach to).
+    pub(super) fn record(&self, id: &str, record: Option<KernelRecord>) -> Snapshot {
+        let mut inner = self.lock();
+        match record {
+            Some(r) if inner.kernels.contains_key(id) => {
+                inner.records.insert(id.to_owned(), r);
+            }
+            _ => {
+                inner.records.remove(id);
+            }
+        }
+        Self::snapshot(&mut inner)
+    }
+
+    /// Removes kernel `id`.
+    pub(super) fn remove(&self, id: &str) -> Snapshot {
+        let mut inner = self.lock();
+        inner.kernels.remove(id);
+        inner.records.remove(id);
+        Self::snapshot(&mut inner)
+    }
+
+    /// The state as it is now (after a batch of changes that were not persisted one by one).
+    pub(super) fn current(&self) -> Snapshot {
+        Self::snapshot(&mut self.lock())
+    }
+
+    fn snapshot(inner: &mut Inner) -> Snapshot {
+        inner.seq += 1;
+        Snapshot {
+            seq: inner.seq,
+            records: inner.records.values().cloned().collect(),
+        }
+    }
+
+    /// Writes `snapshot` to the state file (off the runtime's workers), unless a newer one
+    /// was written already.
+    pub(super) async fn persist(&self, snapshot: Snapshot) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let write = self
+            .tasks
+            .spawn_blocking(move || store.save(snapshot.seq, snapshot.records));
+        match write.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("writing the state file: {e}"),
+            Err(e) => tracing::error!("writing the state file: {e}"),
+        }
+    }
+
+    /// The kernel `id`.
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Kernel>> {
+        self.lock().kernels.get(id).cloned()
+    }
+
+    /// Every kernel, by id.
+    pub(super) fn list(&self) -> Vec<Arc<Kernel>> {
+        self.lock().kernels.values().cloned().collect()
+    }
+
+    /// Launches in flight.
+    pub(super) fn reservations(&self) -> usize {
+        self.lock().in_flight.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    fn registry(limits: Limits) -> Arc<Registry> {
+        Arc::new(Registry::new(
+            limits,
+            None,
+            Arc::new(KeptBudget::new(1024)),
+            Tasks::new(),
+        ))
+    }
+
+    #[test]
+    fn reservations_count_and_release() {
+        let r = registry(Limits {
+            max_kernels: Some(2),
+            max_kernels_per_user: None,
+        });
+        let a = r.reserve("a").unwrap();
+        let b = r.reserve("b").unwrap();
+        assert_eq!(r.reservations(), 2);
+        assert!(matches!(r.reserve("c"), Err(LimitError::Total { max: 2 })));
+        drop(a);
+        assert_eq!(r.reservations(), 1);
+        let _c = r.reserve("c").unwrap();
+        drop(b);
+        assert_eq!(r.reservations(), 1);
+    }
+
+    /// Enterprise Gateway's issue 726: concurrent starts of one user all passed the
+    /// per-user check because none had finished. Here launches in flight count: of 16
+    /// threads starting at once for the same user with a limit of 3, exactly 3 get through.
+    #[test]
+    fn per_user_limit_holds_under_concurrent_starts() {
+        let r = registry(Limits {
+            max_kernels: None,
+            max_kernels_per_user: Some(3),
+        });
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (r, barrier) = (r.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    r.reserve("alice")
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 3);
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(e, LimitError::PerUser { user, max: 3, .. } if user == "alice"),
+                "{e}"
+            );
+        }
+        // Another user is not affected.
+        assert!(r.reserve("bob").is_ok());
+        drop(results);
+        assert_eq!(r.reservations(), 0, "every reservation is released");
+    }
+
+    #[test]
+    fn snapshots_are_numbered_in_order() {
+        let r = registry(Limits::default());
+        let a = r.record("x", None);
+        let b = r.remove("y");
+        assert!(b.seq > a.seq);
+        assert!(b.records.is_empty());
+    }
+}
