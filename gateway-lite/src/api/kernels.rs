@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use protocol::wsframe::{Framing, V1_PROTOCOL};
 use serde_json::{Value, json};
 
-use super::error::ApiResult;
-use super::{ApiError, AppState, json_body, optional_str};
+use super::error::{ApiError, ApiResult};
+use super::request::{AppState, json_body, optional_str};
 use crate::bridge;
 
 pub(super) async fn api_info() -> Response {

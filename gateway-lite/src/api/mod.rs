@@ -10,30 +10,17 @@
 pub mod auth;
 pub mod error;
 mod kernels;
+mod request;
 mod sessions;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
 
-use crate::kernels::Kernels;
-use crate::sessions::Sessions;
 use auth::AuthPolicy;
 pub use error::ApiError;
-
-/// Shared state of the handlers.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The kernels.
-    pub kernels: Kernels,
-    /// The sessions.
-    pub sessions: Arc<Sessions>,
-    /// WebSocket message size limit.
-    pub max_message_bytes: usize,
-}
+pub use request::AppState;
 
 /// Builds the router, with authentication and CORS in front.
 pub fn router(state: AppState, policy: AuthPolicy) -> Router {
@@ -77,28 +64,4 @@ pub fn router(state: AppState, policy: AuthPolicy) -> Router {
             Arc::new(policy),
             auth::layer,
         ))
-}
-
-/// Parses an optional JSON object body.
-pub(super) fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "invalid JSON in the request body: {e}"
-        ))),
-    }
-}
-
-pub(super) fn optional_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::bad_request(format!("\"{key}\" must be a string"))),
-    }
 }

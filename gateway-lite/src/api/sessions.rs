@@ -7,8 +7,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error::ApiResult;
-use super::{ApiError, AppState, json_body, optional_str};
+use super::error::{ApiError, ApiResult};
+use super::request::{AppState, json_body, optional_str};
 use crate::kernels::KernelError;
 use crate::sessions::Session;
 

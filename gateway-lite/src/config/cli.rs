@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::names::{parse_hosts, valid_image, valid_name};
-use super::{
+use super::settings::{
     Config, ConfigError, Cull, DockerSettings, Limits, SearchEnv, SshSettings, parse_secs,
 };
 
@@ -175,12 +175,25 @@ struct Args {
     cull_busy: bool,
 }
 
+impl Config {
+    /// Parses the process's command line and environment. `--help` and `--version` print
+    /// and exit 0 inside; every other problem, syntax included, is a [`ConfigError`].
+    pub fn from_args() -> Result<Self, ConfigError> {
+        parse(std::env::args_os(), SearchEnv::from_env(), true)
+    }
+
+    /// Parses an explicit argv (for tests); the environment is still consulted by clap.
+    pub fn try_from_iter<I, T>(argv: I, search: SearchEnv) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        parse(argv, search, false)
+    }
+}
+
 /// Parses `argv`; with `exit_on_help`, `--help` and `--version` print and exit 0.
-pub(super) fn parse<I, T>(
-    argv: I,
-    search: SearchEnv,
-    exit_on_help: bool,
-) -> Result<Config, ConfigError>
+fn parse<I, T>(argv: I, search: SearchEnv, exit_on_help: bool) -> Result<Config, ConfigError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -642,7 +655,7 @@ mod tests {
 
     #[test]
     fn ssh_options_are_checked_and_named() {
-        use crate::config::Balancing;
+        use crate::config::settings::Balancing;
         let c = parse(&[
             "--remote-hosts",
             "a, root@b",

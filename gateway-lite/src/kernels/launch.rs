@@ -19,22 +19,16 @@ use protocol::wire::Signer;
 
 use super::error::KernelError;
 use super::policy::Grace;
+use super::process::Process;
 use super::stop;
 use crate::channels::KernelEndpoints;
 use crate::kernelspecs::{KernelSpec, Placeholders};
-use crate::provisioner::{LaunchRequest, Launched, Provisioners};
+use crate::provisioner::{LaunchRequest, Provisioners};
 use crate::response::ResponseListener;
 
 /// Most places one kernel start tries: a launcher that could not be run where it was sent
 /// (an unreachable SSH host) is sent elsewhere, up to this many times in all.
 const MAX_PLACEMENTS: u32 = 8;
-
-/// One running (or dead) incarnation of a kernel: its launcher and where it listens.
-#[derive(Debug)]
-pub(super) struct Process {
-    pub launched: Launched,
-    pub endpoints: Arc<KernelEndpoints>,
-}
 
 /// What starting a launcher needs.
 #[derive(Debug)]

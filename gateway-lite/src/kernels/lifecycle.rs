@@ -32,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::KernelError;
 use super::kernel::{Command, Kernel, Parts};
-use super::launch::{Job, Launcher, Process};
+use super::launch::{Job, Launcher};
 use super::monitor;
 use super::phase::Phase;
 use super::policy::{AfterDeath, ExecutionState, RestartBudget};
+use super::process::Process;
 use super::registry::{Registry, Reservation};
 use super::stop;
 use crate::channels::{self, Channel};

@@ -24,6 +24,7 @@ mod lifecycle;
 mod monitor;
 mod phase;
 pub mod policy;
+mod process;
 mod registry;
 mod stop;
 

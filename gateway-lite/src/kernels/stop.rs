@@ -13,8 +13,8 @@ use protocol::comm::CommRequest;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use super::launch::Process;
 use super::policy::Grace;
+use super::process::Process;
 use crate::channels::{self, Channel};
 use crate::provisioner::Launched;
 

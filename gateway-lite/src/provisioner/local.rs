@@ -19,13 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::launched::{
+    Control, ExitInfo, LaunchError, LaunchRequest, Launched, Placement, Provision,
+};
 use super::output::{self, LogTail};
-use super::{Control, ExitInfo, LaunchError, LaunchRequest, Launched, Placement, Provision};
 use crate::tasks::Tasks;
 
 /// How often a re-attached launcher is checked.
@@ -123,7 +126,7 @@ impl Provision for Local {
         Ok(Launched {
             exit: rx,
             log,
-            control: Control::Local(LocalControl {
+            control: Box::new(LocalControl {
                 pgid: pid,
                 start_time: None,
                 exited,
@@ -173,7 +176,7 @@ impl Provision for Local {
         Ok(Launched {
             exit: rx,
             log: log_file.clone().map(LogTail::file).unwrap_or_default(),
-            control: Control::Local(LocalControl {
+            control: Box::new(LocalControl {
                 pgid: pid,
                 start_time: Some(start_time),
                 exited,
@@ -223,9 +226,20 @@ pub struct LocalControl {
     exited: Arc<AtomicBool>,
 }
 
-impl LocalControl {
+impl Control for LocalControl {
     /// `killpg(signal)`, unless the launcher was reaped or its pid now names another process.
-    pub fn signal(&self, signal: Signal) {
+    fn signal(&self, signal: Signal) -> BoxFuture<'_, ()> {
+        self.killpg(signal);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+}
+
+impl LocalControl {
+    fn killpg(&self, signal: Signal) {
         // After the reaper has run the pid may belong to someone else.
         if self.pgid <= 1 || self.exited.load(Ordering::SeqCst) {
             return;

@@ -3,6 +3,7 @@
 
 mod docker;
 mod policy;
+mod shape;
 mod ssh;
 mod support;
 mod ws;

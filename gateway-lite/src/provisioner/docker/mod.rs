@@ -47,11 +47,14 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::{Mutex, watch};
 
+use super::launched::{
+    Control, ExitInfo, LaunchError, LaunchRequest, Launched, Placement, Provision,
+};
 use super::output::{self, LineSplitter, LogTail};
-use super::{Control, ExitInfo, LaunchError, LaunchRequest, Launched, Placement, Provision};
 use crate::config::DockerSettings;
 use crate::config::names::valid_image;
 use crate::tasks::Tasks;
@@ -257,7 +260,7 @@ impl Docker {
         Launched {
             exit: rx,
             log,
-            control: Control::Docker(DockerControl {
+            control: Box::new(DockerControl {
                 client,
                 container: id,
                 exited,
@@ -437,11 +440,17 @@ pub struct DockerControl {
     exited: Arc<AtomicBool>,
 }
 
+impl Control for DockerControl {
+    fn signal(&self, signal: Signal) -> BoxFuture<'_, ()> {
+        Box::pin(self.kill(signal))
+    }
+}
+
 impl DockerControl {
     /// Delivers `signal` to the container's PID 1, the launcher, which forwards it to the
     /// kernel's process group (SIGKILL is applied by the runtime and stops the whole
     /// container).
-    pub async fn signal(&self, signal: Signal) {
+    async fn kill(&self, signal: Signal) {
         if self.exited.load(Ordering::SeqCst) {
             return;
         }

@@ -13,9 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 
-use super::Docker;
 use crate::config::DockerSettings;
-use crate::provisioner::{LaunchError, LaunchRequest};
+use crate::provisioner::launched::{LaunchError, LaunchRequest};
+
+fn fail(message: impl Into<String>) -> LaunchError {
+    LaunchError::Docker(message.into())
+}
 
 /// The gateway's options in a filled kernel command line (EG's container launchers read the
 /// same, in the plain or the `--RemoteProcessProxy.` form, `--x v` or `--x=v`).
@@ -90,10 +93,10 @@ pub(super) fn container_body(
     let args = GatewayArgs::parse(&request.argv);
     let response_address = args
         .response_address
-        .ok_or_else(|| Docker::fail("the kernel command line has no --response-address"))?;
+        .ok_or_else(|| fail("the kernel command line has no --response-address"))?;
     let public_key = args
         .public_key
-        .ok_or_else(|| Docker::fail("the kernel command line has no --public-key"))?;
+        .ok_or_else(|| fail("the kernel command line has no --public-key"))?;
     let uid = id_from(&request.env, "KERNEL_UID", 1000)?;
     let gid = id_from(&request.env, "KERNEL_GID", 100)?;
 
@@ -116,7 +119,7 @@ pub(super) fn container_body(
     let mut pairs = Vec::with_capacity(env.len());
     for (k, v) in &env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(Docker::fail(format!(
+            return Err(fail(format!(
                 "environment variable {k:?} cannot be passed to a container"
             )));
         }
@@ -156,11 +159,11 @@ pub(super) fn id_from(
         return Ok(default);
     };
     match text.trim().parse::<u32>() {
-        Ok(0) => Err(Docker::fail(format!(
+        Ok(0) => Err(fail(format!(
             "{name}=0 is refused: kernels do not run as root"
         ))),
         Ok(n) => Ok(n),
-        Err(_) => Err(Docker::fail(format!("{name}={text:?} is not a number"))),
+        Err(_) => Err(fail(format!("{name}={text:?} is not a number"))),
     }
 }
 

@@ -47,6 +47,7 @@
 //! every host is down, and a launcher that starts on it clears the mark.
 
 mod client;
+mod down;
 mod script;
 mod watch;
 
@@ -54,26 +55,21 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 use tokio::sync::watch as watch_channel;
 
-use super::{Control, LaunchError, LaunchRequest, Launched, LogTail, Placement, Provision};
+use super::launched::{LaunchError, LaunchRequest, Launched, Placement, Provision};
+use super::output::LogTail;
 use crate::config::names::check_host;
 use crate::config::{Balancing, SshSettings};
 use crate::tasks::Tasks;
 use client::Client;
+pub use down::DOWN_FOR;
+use down::Down;
 use script::{launch_script, reattach_script};
 pub use watch::SshControl;
 use watch::Watch;
-
-/// How long a host whose ssh connection failed is skipped by the balancing.
-pub const DOWN_FOR: Duration = Duration::from_secs(30);
-
-/// How many times a lost watcher connection is re-established before the kernel is given up
-/// for dead (one second apart, plus the connect timeout each).
-const RECONNECTS: u32 = 5;
 
 /// Where one launcher runs: the fields of [`Placement::Ssh`].
 struct Where {
@@ -96,32 +92,6 @@ impl Where {
 
 /// Live kernels per host, for least-connection balancing.
 type Live = Arc<Mutex<HashMap<String, usize>>>;
-
-/// Hosts whose ssh connection failed, and when.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Down(Arc<Mutex<HashMap<String, Instant>>>);
-
-impl Down {
-    pub(crate) fn mark(&self, host: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(host.to_owned(), Instant::now());
-        }
-    }
-
-    pub(crate) fn clear(&self, host: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(host);
-        }
-    }
-
-    pub(crate) fn is_down(&self, host: &str) -> bool {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|m| m.get(host).map(|t| t.elapsed() < DOWN_FOR))
-            .unwrap_or(false)
-    }
-}
 
 /// Runs launchers on remote hosts over SSH.
 #[derive(Debug)]
@@ -317,7 +287,7 @@ impl Ssh {
         Launched {
             exit: rx,
             log,
-            control: Control::Ssh(SshControl {
+            control: Box::new(SshControl {
                 client: self.client.clone(),
                 host,
                 pid_file,
@@ -377,6 +347,8 @@ impl Provision for Ssh {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]

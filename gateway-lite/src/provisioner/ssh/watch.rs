@@ -7,15 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::client::Client;
+use super::down::{DOWN_FOR, Down};
 use super::script::{EXITED, GONE, STARTED, reattach_script, signal_script};
-use super::{DOWN_FOR, Down, RECONNECTS};
-use crate::provisioner::ExitInfo;
+use crate::provisioner::launched::{Control, ExitInfo};
 use crate::provisioner::output::{self, LogTail};
 use crate::tasks::Tasks;
+
+/// How many times a lost watcher connection is re-established before the kernel is given up
+/// for dead (one second apart, plus the connect timeout each).
+const RECONNECTS: u32 = 5;
 
 /// How one watcher session ended.
 enum Ended {
@@ -164,9 +169,15 @@ pub struct SshControl {
     pub(super) exited: Arc<AtomicBool>,
 }
 
+impl Control for SshControl {
+    fn signal(&self, signal: Signal) -> BoxFuture<'_, ()> {
+        Box::pin(self.kill(signal))
+    }
+}
+
 impl SshControl {
     /// `kill -s SIGNAL -- -PGID` on the host, after checking the pid file's start time.
-    pub async fn signal(&self, signal: Signal) {
+    async fn kill(&self, signal: Signal) {
         if self.exited.load(Ordering::SeqCst) {
             return;
         }

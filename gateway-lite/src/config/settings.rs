@@ -1,0 +1,206 @@
+//! The configuration's types: what every part of the gateway is told, checked.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit code for configuration errors (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+/// A configuration error: the option at fault and what to do instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{option}: {problem}")]
+pub struct ConfigError {
+    /// The option and its environment variable.
+    pub option: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// Where the Jupyter data paths come from: the environment at start-up, captured once.
+#[derive(Debug, Clone, Default)]
+pub struct SearchEnv {
+    /// `JUPYTER_PATH`, split on `:`.
+    pub jupyter_path: Vec<PathBuf>,
+    /// `JUPYTER_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `HOME` (never looked up through the password database).
+    pub home: Option<PathBuf>,
+    /// `XDG_STATE_HOME`, for the default state directory.
+    pub state_home: Option<PathBuf>,
+}
+
+impl SearchEnv {
+    /// Reads `JUPYTER_PATH`, `JUPYTER_DATA_DIR`, `HOME` and `XDG_STATE_HOME`.
+    pub fn from_env() -> Self {
+        let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        SearchEnv {
+            jupyter_path: non_empty("JUPYTER_PATH")
+                .map(|v| {
+                    std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            data_dir: non_empty("JUPYTER_DATA_DIR").map(PathBuf::from),
+            home: non_empty("HOME").map(PathBuf::from),
+            state_home: non_empty("XDG_STATE_HOME").map(PathBuf::from),
+        }
+    }
+}
+
+/// Kernel limits (Enterprise Gateway's `max_kernels` and `max_kernels_per_user`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Most kernels at once.
+    pub max_kernels: Option<usize>,
+    /// Most kernels at once per `KERNEL_USERNAME`.
+    pub max_kernels_per_user: Option<usize>,
+}
+
+/// Idle culling, with Jupyter Server's `MappingKernelManager` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cull {
+    /// `cull_idle_timeout`: idle this long means culled.
+    pub idle_timeout: Duration,
+    /// `cull_interval`: how often to look.
+    pub interval: Duration,
+    /// `cull_connected`: cull kernels with WebSocket connections too.
+    pub connected: bool,
+    /// `cull_busy`: cull busy kernels too.
+    pub busy: bool,
+}
+
+/// How a remote host is chosen for a new kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balancing {
+    /// Each launch takes the next host of the list.
+    #[default]
+    RoundRobin,
+    /// The host with the fewest live kernels of this gateway (ties: the next in round-robin
+    /// order).
+    LeastConnection,
+}
+
+impl std::str::FromStr for Balancing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "round-robin" => Ok(Balancing::RoundRobin),
+            "least-connection" => Ok(Balancing::LeastConnection),
+            other => Err(format!(
+                "{other:?} is not a balancing algorithm; use round-robin or least-connection"
+            )),
+        }
+    }
+}
+
+/// The SSH provisioner's settings (`DistributedProcessProxy` kernelspecs).
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// Default hosts (ssh destinations: `host`, `user@host`, or a `~/.ssh/config` alias).
+    pub hosts: Vec<String>,
+    /// `ssh -F FILE`.
+    pub ssh_config: Option<PathBuf>,
+    /// `ssh -l USER`.
+    pub user: Option<String>,
+    /// How hosts are chosen.
+    pub balancing: Balancing,
+    /// `ssh -o ConnectTimeout`.
+    pub connect_timeout: Duration,
+    /// Directory on the remote hosts for launcher logs and pid files.
+    pub remote_log_dir: String,
+    /// The ssh client.
+    pub program: PathBuf,
+}
+
+impl Default for SshSettings {
+    fn default() -> Self {
+        SshSettings {
+            hosts: Vec::new(),
+            ssh_config: None,
+            user: None,
+            balancing: Balancing::RoundRobin,
+            connect_timeout: Duration::from_secs(10),
+            remote_log_dir: "/tmp".into(),
+            program: PathBuf::from("ssh"),
+        }
+    }
+}
+
+/// The Docker provisioner's settings (`DockerProcessProxy` and `DockerSwarmProcessProxy`
+/// kernelspecs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSettings {
+    /// The Engine API socket (`--docker-host`; `DOCKER_HOST` when it is a `unix://` URL).
+    pub socket: PathBuf,
+    /// The network containers join (`--docker-network`; EG's `EG_DOCKER_NETWORK`).
+    pub network: String,
+    /// Image for specs without `image_name` (`--docker-image`; EG's `EG_KERNEL_IMAGE`).
+    pub image: Option<String>,
+    /// Container names are `<prefix>-<kernel id>`.
+    pub name_prefix: String,
+    /// Extra labels on every container.
+    pub labels: Vec<(String, String)>,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        DockerSettings {
+            socket: PathBuf::from("/var/run/docker.sock"),
+            network: "bridge".into(),
+            image: None,
+            name_prefix: "gateway-lite".into(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub ip: IpAddr,
+    /// Listen port (0 = any).
+    pub port: u16,
+    /// Token, when authentication is on.
+    pub auth_token: Option<String>,
+    /// `--kernelspec-dir` values, in order.
+    pub kernelspec_dirs: Vec<PathBuf>,
+    /// Jupyter data path inputs.
+    pub search: SearchEnv,
+    /// `--default-kernel-name`.
+    pub default_kernel_name: Option<String>,
+    /// The kernel-launcher binary.
+    pub launcher: PathBuf,
+    /// Default launch timeout.
+    pub launch_timeout: Duration,
+    /// The SSH provisioner's settings.
+    pub ssh: SshSettings,
+    /// The Docker provisioner's settings.
+    pub docker: DockerSettings,
+    /// `Access-Control-Allow-Origin`.
+    pub allow_origin: Option<String>,
+    /// Response listener address.
+    pub response_ip: IpAddr,
+    /// Address local kernels bind.
+    pub kernel_ip: IpAddr,
+    /// WebSocket message size limit.
+    pub max_message_bytes: usize,
+    /// Where kernels are recorded; `None`: no persistence.
+    pub state_dir: Option<PathBuf>,
+    /// Shut kernels down at exit.
+    pub shutdown_kernels_on_exit: bool,
+    /// Kernel limits.
+    pub limits: Limits,
+    /// Consecutive automatic restarts of a kernel that died; 0 turns them off.
+    pub restart_limit: u32,
+    /// Idle culling, when on.
+    pub cull: Option<Cull>,
+}
+
+/// Parses a positive, finite number of seconds (`"30"`, `"2.5"`).
+pub fn parse_secs(text: &str) -> Option<Duration> {
+    let secs: f64 = text.trim().parse().ok()?;
+    (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
