@@ -19,6 +19,8 @@
 //! - [`bridge`]: one WebSocket ⇄ one set of ZeroMQ sockets.
 //! - [`sessions`]: the `/api/sessions` store.
 //! - [`api`]: the routes, with token check and CORS in front.
+//! - [`server`]: connections, bounded, and requests that finish whether or not their client
+//!   waits.
 //!
 //! [`run`] puts them together and is also the shutdown sequence: stop accepting requests,
 //! stop or detach every kernel (through its owner), then cancel and join every task.
@@ -34,6 +36,7 @@ pub mod kernelspecs;
 pub mod metrics;
 pub mod provisioner;
 pub mod response;
+pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod tasks;
@@ -43,7 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use protocol::payload::PrivateKey;
 
 use crate::config::Config;
@@ -57,6 +59,9 @@ use crate::provisioner::ssh::Ssh;
 use crate::response::ResponseListener;
 use crate::state::StateStore;
 use crate::tasks::Tasks;
+
+/// Open HTTP connections at once.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// How long the gateway's exit waits for its tasks once they are told to stop.
 const TASKS_DEADLINE: Duration = Duration::from_secs(10);
@@ -153,22 +158,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "gateway-lite listening on http://{addr}/");
     let _ = out.flush();
-    // Nagle's algorithm would hold small WebSocket frames back for up to ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY failed: {e}");
-        }
-    });
     let closing = tasks.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // WebSockets end and launches in flight are abandoned, so the server's wait for
-            // open requests is short.
-            closing.close();
-        })
-        .await
-        .context("serving HTTP");
+    tasks.spawn_until_stopped(async move {
+        shutdown_signal().await;
+        // WebSockets end and launches in flight are abandoned, so the wait for open requests
+        // is short.
+        closing.close();
+    });
+    server::serve(
+        listener,
+        app,
+        tasks.clone(),
+        server::Bounds {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: server::HEADER_READ_TIMEOUT,
+        },
+    )
+    .await;
     // No new requests: now every kernel, then every task.
     let stop_kernels = config.shutdown_kernels_on_exit || !kernels.persistent();
     if stop_kernels {
@@ -182,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     kernels.close(stop_kernels).await;
     let left = tasks.shutdown(TASKS_DEADLINE).await;
     tracing::info!(left, "gateway-lite stopped");
-    served
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -2,6 +2,7 @@
 //! REST and WebSocket as Jupyter clients drive them.
 
 mod docker;
+mod leave;
 mod policy;
 mod shape;
 mod ssh;
