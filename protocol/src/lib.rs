@@ -9,6 +9,7 @@
 //! - [`connection`]: the Jupyter connection file.
 //! - [`payload`]: Enterprise Gateway's encrypted "version 1" launch report.
 //! - [`comm`]: requests on the launcher's communication port.
+//! - [`signed`]: the signed form of those requests, for launchers given a per-launch secret.
 //! - [`ports`]: Enterprise Gateway's port-range rules.
 //! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature; channel names.
 //! - [`wsframe`]: the two WebSocket framings of kernel messages (legacy JSON and v1).
@@ -26,6 +27,7 @@ pub mod comm;
 pub mod connection;
 pub mod payload;
 pub mod ports;
+pub mod signed;
 pub mod spec;
 pub mod testing;
 pub mod wire;

@@ -471,10 +471,15 @@ pub struct LaunchReport {
         skip_serializing_if = "Option::is_none"
     )]
     pub comm_port: Option<u16>,
+    /// The per-launch secret gateway-lite gave the launcher in its environment, returned to
+    /// prove the report comes from that launcher (absent under Enterprise Gateway, which
+    /// gives none and ignores the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_secret: Option<String>,
 }
 
 /// Fields [`LaunchReport`] stores outside `connection`.
-const REPORT_FIELDS: [&str; 4] = ["kernel_id", "pid", "pgid", "comm_port"];
+const REPORT_FIELDS: [&str; 5] = ["kernel_id", "pid", "pgid", "comm_port", "launch_secret"];
 
 /// An integer, a float with no fraction, or a string holding an integer; `None` otherwise.
 fn lenient_int(value: &Value) -> Option<i64> {
@@ -520,6 +525,9 @@ impl LaunchReport {
         }
         if let Some(port) = self.comm_port {
             map.insert("comm_port".into(), Value::from(port));
+        }
+        if let Some(secret) = &self.launch_secret {
+            map.insert("launch_secret".into(), Value::from(secret.as_str()));
         }
         // Serializing a `Value` cannot fail.
         serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
