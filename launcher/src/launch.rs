@@ -163,6 +163,7 @@ pub fn run(config: Config) -> i32 {
             pid: Some(i64::from(kernel.pid)),
             pgid: Some(i64::from(kernel.pid)),
             comm_port: Some(comm_port),
+            launch_secret: None,
         };
         match payload::encrypt(key, &report.to_json()) {
             Ok(payload) => {

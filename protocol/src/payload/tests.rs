@@ -463,19 +463,23 @@ fn arb_report() -> impl Strategy<Value = LaunchReport> {
         proptest::option::of(1i64..),
         proptest::option::of(1i64..),
         proptest::option::of(1u16..),
+        proptest::option::of("[0-9a-f]{0,64}"),
     )
-        .prop_map(|(mut connection, kernel_id, pid, pgid, comm_port)| {
-            for name in REPORT_FIELDS {
-                connection.extra.remove(name);
-            }
-            LaunchReport {
-                connection,
-                kernel_id,
-                pid,
-                pgid,
-                comm_port,
-            }
-        })
+        .prop_map(
+            |(mut connection, kernel_id, pid, pgid, comm_port, launch_secret)| {
+                for name in REPORT_FIELDS {
+                    connection.extra.remove(name);
+                }
+                LaunchReport {
+                    connection,
+                    kernel_id,
+                    pid,
+                    pgid,
+                    comm_port,
+                    launch_secret,
+                }
+            },
+        )
 }
 
 proptest! {
