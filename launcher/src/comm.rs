@@ -13,16 +13,23 @@
 //! Liveness is the port itself: once the kernel is gone, or after
 //! `{"shutdown":1}`, the listener is shut down so the next connect is refused,
 //! which is how EG concludes the kernel is dead.
+//!
+//! With a launch secret (gateway-lite gives one in `KERNEL_LAUNCHER_SECRET`),
+//! only requests signed with it are obeyed, each once and only while fresh
+//! (`protocol::signed`); anything else is refused and logged, so a neighbour on
+//! the kernel's network cannot interrupt, kill or stop it. Without one the port
+//! speaks Enterprise Gateway's unsigned form, as EG expects.
 
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::comm::{self, CommRequest, MAX_REQUEST_LEN};
+use protocol::signed::{self, ReplayGuard};
 
 use crate::supervise::Event;
 
@@ -38,6 +45,10 @@ struct Shared {
     closed: AtomicBool,
     kernel_alive: AtomicBool,
     readers: AtomicUsize,
+    /// Requests must be signed with this, when set.
+    secret: Option<String>,
+    /// Nonces of the signed requests seen lately.
+    replays: Mutex<ReplayGuard>,
 }
 
 impl Shared {
@@ -63,13 +74,20 @@ pub struct CommPort {
 }
 
 impl CommPort {
-    /// Starts accepting on `listener`; requests go to `events`.
-    pub fn serve(listener: TcpListener, events: Sender<Event>) -> io::Result<Self> {
+    /// Starts accepting on `listener`; requests go to `events`. With `secret`, only
+    /// requests signed with it are obeyed.
+    pub fn serve(
+        listener: TcpListener,
+        events: Sender<Event>,
+        secret: Option<String>,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             listener,
             closed: AtomicBool::new(false),
             kernel_alive: AtomicBool::new(true),
             readers: AtomicUsize::new(0),
+            secret,
+            replays: Mutex::default(),
         });
         let port = CommPort { shared };
         let acceptor = port.clone();
@@ -128,17 +146,25 @@ impl CommPort {
     }
 
     fn handle(&self, stream: TcpStream, peer: &str, events: &Sender<Event>) {
-        let request = match read_request(stream) {
-            Ok(bytes) => comm::parse(&bytes),
+        let bytes = match read_request(stream) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 log::warn!("comm port: dropped request from {peer}: {e}");
                 return;
             }
         };
+        if bytes.trim_ascii().is_empty() {
+            log::debug!("comm port: empty connection from {peer} ignored");
+            return;
+        }
+        let request = match &self.shared.secret {
+            Some(secret) => self.verified(&bytes, secret),
+            None => comm::parse(&bytes).map_err(|e| e.to_string()),
+        };
         let request: CommRequest = match request {
             Ok(r) => r,
             Err(e) => {
-                log::warn!("comm port: ignored request from {peer}: {e}");
+                log::warn!("comm port: refused request from {peer}: {e}");
                 return;
             }
         };
@@ -152,6 +178,23 @@ impl CommPort {
         if request.shutdown || request.signum.is_some_and(|n| n != 0) {
             let _ = events.send(Event::Comm(request));
         }
+    }
+}
+
+impl CommPort {
+    /// The request in `bytes` if it is signed with `secret`, fresh and not seen before.
+    fn verified(&self, bytes: &[u8], secret: &str) -> Result<CommRequest, String> {
+        let v = signed::verify(bytes, secret.as_bytes()).map_err(|e| e.to_string())?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut replays = self
+            .shared
+            .replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        replays.admit(&v, now).map_err(|e| e.to_string())?;
+        Ok(v.request)
     }
 }
 

@@ -18,7 +18,7 @@
 //! Nothing else in the launcher reads the environment for configuration.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,7 +110,10 @@ pub struct Config {
     pub kernel: KernelCommand,
     pub connection_file: PathBuf,
     /// Address the kernel ports and the comm port are bound on.
-    pub ip: IpAddr,
+    pub ip: BindAddress,
+    /// The per-launch secret a gateway-lite gave (env `KERNEL_LAUNCHER_SECRET`): returned in
+    /// the payload, and required on every comm-port request (signed with it).
+    pub secret: Option<String>,
     pub working_dir: Option<PathBuf>,
     /// How long a kernel gets between SIGTERM and SIGKILL, and after `{"shutdown":1}`.
     pub grace: Duration,
@@ -124,6 +127,19 @@ pub struct Config {
     /// Warnings found while parsing, logged once logging is up.
     pub warnings: Vec<String>,
 }
+
+/// Where the kernel's ports and the comm port are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindAddress {
+    /// `--ip` or `KERNEL_LAUNCHER_IP`.
+    Given(IpAddr),
+    /// The address of the interface that routes to the response address (the one the
+    /// payload reports, and the gateway connects to); any address when there is none.
+    Route,
+}
+
+/// Shortest accepted `KERNEL_LAUNCHER_SECRET`.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// An option the launcher understands; `legacy` is EG's `--RemoteProcessProxy.` form.
 struct OptSpec {
@@ -480,13 +496,26 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         .map(str::to_string)
         .or_else(|| env_get("KERNEL_LAUNCHER_IP"))
     {
-        Some(s) => s.trim().parse::<IpAddr>().map_err(|_| {
+        Some(s) => BindAddress::Given(s.trim().parse::<IpAddr>().map_err(|_| {
             ConfigError::new(
                 "--ip (env KERNEL_LAUNCHER_IP)",
                 format!("`{s}` is not an IP address; use e.g. 0.0.0.0, 127.0.0.1 or ::"),
             )
-        })?,
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        })?),
+        None => BindAddress::Route,
+    };
+    // Never from the command line, which every local user can read.
+    let secret = match env("KERNEL_LAUNCHER_SECRET").filter(|v| !v.is_empty()) {
+        Some(s) if s.len() >= MIN_SECRET_LEN && s.bytes().all(|b| b.is_ascii_graphic()) => Some(s),
+        Some(_) => {
+            return Err(ConfigError::new(
+                "env KERNEL_LAUNCHER_SECRET",
+                format!(
+                    "must be at least {MIN_SECRET_LEN} printable ASCII characters without spaces (gateway-lite sets it)"
+                ),
+            ));
+        }
+        None => None,
     };
 
     let working_dir = env_get("KERNEL_WORKING_DIR").map(PathBuf::from);
@@ -538,6 +567,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         kernel,
         connection_file,
         ip,
+        secret,
         working_dir,
         grace,
         response_timeout,

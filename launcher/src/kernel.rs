@@ -57,6 +57,8 @@ impl Kernel {
         cmd.args(args)
             .process_group(0)
             .env("JPY_PARENT_PID", std::process::id().to_string())
+            // The launch secret is the launcher's to prove itself with, not the kernel's.
+            .env_remove("KERNEL_LAUNCHER_SECRET")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped());
         if let Some(dir) = working_dir {

@@ -9,6 +9,7 @@
 //! launcher is never in the kernel's message path, so after this it only
 //! supervises.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 
 use nix::unistd::getpid;
@@ -16,28 +17,43 @@ use protocol::connection::ConnectionInfo;
 use protocol::payload::{self, LaunchReport};
 
 use crate::comm::CommPort;
-use crate::config::Config;
+use crate::config::{BindAddress, Config};
 use crate::connfile::ConnectionFile;
 use crate::kernel::Kernel;
 use crate::ports;
 use crate::report;
+use crate::route;
 use crate::spark::SparkSetup;
 use crate::supervise::{self, Event, Supervisor};
 
 /// Exit code when an operating-system resource fails (BSD `EX_OSERR`).
 pub const EXIT_OSERR: i32 = 71;
 
+/// The address the kernel's ports and the comm port bind: `--ip`, else the interface that
+/// routes to the response address, else any (pull mode, or no route).
+fn bind_address(config: &Config) -> IpAddr {
+    match (config.ip, &config.response_address) {
+        (BindAddress::Given(ip), _) => ip,
+        (BindAddress::Route, Some(address)) => route::towards(address).unwrap_or_else(|| {
+            log::warn!("no route to {address} found; binding the kernel's ports to all addresses");
+            Ipv4Addr::UNSPECIFIED.into()
+        }),
+        (BindAddress::Route, None) => Ipv4Addr::UNSPECIFIED.into(),
+    }
+}
+
 /// Launches and supervises the kernel; returns the launcher's exit code.
 pub fn run(config: Config) -> i32 {
     for w in &config.warnings {
         log::warn!("{w}");
     }
+    let ip = bind_address(&config);
     log::info!(
         "kernel-launcher {} starting kernel {} (pid {}, ip {}, port range {:?}, spark mode {:?}, cluster type {}, kernel class {:?}, app name {:?}, transport encryption {:?}, response {})",
         env!("CARGO_PKG_VERSION"),
         config.kernel_id,
         std::process::id(),
-        config.ip,
+        ip,
         config.port_range,
         config.spark_mode,
         config.cluster_type,
@@ -57,7 +73,7 @@ pub fn run(config: Config) -> i32 {
     }
     become_subreaper();
 
-    let reservation = match ports::reserve(config.ip, config.port_range, config.port_retries) {
+    let reservation = match ports::reserve(ip, config.port_range, config.port_retries) {
         Ok(r) => r,
         Err(e) => {
             log::error!("{e}");
@@ -71,7 +87,7 @@ pub fn run(config: Config) -> i32 {
         stdin_port: kp.stdin,
         control_port: kp.control,
         hb_port: kp.hb,
-        ip: config.ip.to_string(),
+        ip: ip.to_string(),
         key: uuid::Uuid::new_v4().to_string(),
         transport: "tcp".to_string(),
         signature_scheme: "hmac-sha256".to_string(),
@@ -136,7 +152,7 @@ pub fn run(config: Config) -> i32 {
         kernel: held_kernel_ports,
         comm,
     } = reservation;
-    let comm = match CommPort::serve(comm, tx.clone()) {
+    let comm = match CommPort::serve(comm, tx.clone(), config.secret.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
             log::error!("cannot serve the comm port: {e}");
@@ -163,7 +179,7 @@ pub fn run(config: Config) -> i32 {
             pid: Some(i64::from(kernel.pid)),
             pgid: Some(i64::from(kernel.pid)),
             comm_port: Some(comm_port),
-            launch_secret: None,
+            launch_secret: config.secret.clone(),
         };
         match payload::encrypt(key, &report.to_json()) {
             Ok(payload) => {
@@ -172,7 +188,8 @@ pub fn run(config: Config) -> i32 {
                 let spawned = std::thread::Builder::new()
                     .name("report".into())
                     .spawn(move || {
-                        let result = report::deliver(&address, payload.as_bytes(), timeout);
+                        let from = (!ip.is_unspecified()).then_some(ip);
+                        let result = report::deliver(&address, from, payload.as_bytes(), timeout);
                         let _ = tx.send(Event::Reported(result));
                     });
                 if let Err(e) = spawned {

@@ -12,6 +12,7 @@ mod kernel;
 mod launch;
 mod ports;
 mod report;
+mod route;
 mod spark;
 mod supervise;
 

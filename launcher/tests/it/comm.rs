@@ -170,3 +170,113 @@ fn kernel_group(log: &str) -> i32 {
     let after = line.split("(process group ").nth(1).unwrap();
     after.split(')').next().unwrap().parse().unwrap()
 }
+
+/// With a launch secret, the payload carries it, the kernel never sees it, and the comm port
+/// obeys only requests signed with it, each once: a stranger's `{"shutdown":1}` and
+/// `{"signum":9}`, a wrongly signed request and a replayed one all leave the kernel alive.
+#[test]
+fn with_a_secret_only_signed_requests_are_obeyed() {
+    use protocol::comm::CommRequest;
+    use protocol::signed;
+    let dir = scratch("comm-signed");
+    let gw = Gateway::new();
+    let secret = "s3cret-for-this-launch-only-0123456789";
+    let mut cmd = launcher();
+    cmd.env("KERNEL_LAUNCHER_SECRET", secret)
+        .args(gw.options("comm-signed"))
+        .args([
+            "--grace-period",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "tr '\\0' '\\n' < /proc/$$/environ > {d}/env; {k}",
+                d = dir.display(),
+                k = recording_kernel(&dir, "echo TERM >> $d/signals; exit 0")
+            ),
+        ]);
+    let mut child = spawn_logged(&mut cmd, &dir);
+    let report = gw.receive();
+    assert_eq!(report.launch_secret.as_deref(), Some(secret));
+    let port = report.comm_port.unwrap();
+    let pid = kernel_pid(&dir);
+    eventually("the kernel wrote its environment", || {
+        dir.join("env").exists()
+    });
+    let env = std::fs::read_to_string(dir.join("env")).unwrap();
+    assert!(!env.contains(secret), "the kernel sees the secret:\n{env}");
+
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let kill = CommRequest {
+        signum: Some(9),
+        shutdown: false,
+    };
+    for stranger in [
+        br#"{"shutdown": 1}"#.to_vec(),
+        br#"{"signum": 9}"#.to_vec(),
+        signed::sign(&kill, b"not the secret", now(), &[1; 16]),
+    ] {
+        comm_send(port, &stranger).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(alive(pid), "a stranger's request reached the kernel");
+    comm_send(port, br#"{"signum": 0}"#).expect("the port still listens");
+
+    let interrupt = signed::sign(
+        &CommRequest {
+            signum: Some(2),
+            shutdown: false,
+        },
+        secret.as_bytes(),
+        now(),
+        &[2; 16],
+    );
+    comm_send(port, &interrupt).unwrap();
+    eventually("the signed SIGINT reached the kernel", || {
+        signals(&dir).matches("INT").count() == 1
+    });
+    // The same bytes again: refused as a replay.
+    comm_send(port, &interrupt).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        signals(&dir).matches("INT").count(),
+        1,
+        "a replay was obeyed"
+    );
+    let log = log_of(&dir);
+    assert!(log.contains("replayed"), "{log}");
+    assert!(log.contains("not signed"), "{log}");
+    assert!(log.contains("wrong signature"), "{log}");
+
+    let shutdown = CommRequest {
+        signum: None,
+        shutdown: true,
+    };
+    comm_send(
+        port,
+        &signed::sign(&shutdown, secret.as_bytes(), now(), &[3; 16]),
+    )
+    .unwrap();
+    assert_eq!(wait_code(&mut child), 0);
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_short_secret_is_a_configuration_error() {
+    let gw = Gateway::new();
+    let out = launcher()
+        .env("KERNEL_LAUNCHER_SECRET", "short")
+        .args(gw.options("comm-short"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("KERNEL_LAUNCHER_SECRET"), "{err}");
+}

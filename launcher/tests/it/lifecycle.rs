@@ -45,7 +45,8 @@ fn payload_is_sent_once_with_the_kernels_pid_and_distinct_ports() {
     ports.sort();
     ports.dedup();
     assert_eq!(ports.len(), 6, "{report:?}");
-    assert_eq!(c.ip, "0.0.0.0");
+    // Bound to the interface that routes to the response address (loopback here), not all.
+    assert_eq!(c.ip, "127.0.0.1");
     assert_eq!(
         (c.transport.as_str(), c.signature_scheme.as_str()),
         ("tcp", "hmac-sha256")
