@@ -10,9 +10,12 @@
 //! gateway stops.
 //!
 //! Everything a browser can fill is bounded. Client → kernel: the WebSocket layer refuses a
-//! message over `--max-message-bytes` (the connection is closed with 1009), and at most
-//! [`IN_QUEUE`] decoded messages wait for the relay. Kernel → client: at most [`OUT_QUEUE`]
-//! frames and [`OUT_BYTES`] bytes wait for the writer. A client that stops reading is
+//! message over `--max-message-bytes` (the connection is closed with 1009), at most
+//! [`IN_QUEUE`] decoded messages wait for the relay, and while the kernel is not connected
+//! at most [`HELD_MAX`] messages and [`HELD_MAX_BYTES`] bytes are held for it. Kernel →
+//! client: a message over `--max-message-bytes` is dropped and the client is shown why (an
+//! iopub `stream` on stderr, under the dropped message's parent, so it appears in the cell
+//! that caused it); at most [`OUT_QUEUE`] frames and [`OUT_BYTES`] bytes wait for the writer. A client that stops reading is
 //! **back-pressured, not dropped**: its queue fills, its relay stops reading its own ZeroMQ
 //! sockets (the `zeromq` crate reads a socket only when asked, so nothing piles up in the
 //! gateway), TCP fills up to the kernel, and the kernel's PUB socket discards iopub for that
@@ -59,6 +62,8 @@ const CONNECT_RETRY: Duration = Duration::from_millis(500);
 /// Client messages held while the kernel's sockets are not connected (starting, restarting,
 /// a failed connect being retried); delivered in order once they are.
 const HELD_MAX: usize = 256;
+/// Bytes of client messages held so: the oldest go first beyond it.
+pub const HELD_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Serves one WebSocket until the client or the kernel goes away, or the gateway stops.
 pub async fn serve(
@@ -66,6 +71,7 @@ pub async fn serve(
     kernel: Arc<Kernel>,
     framing: Framing,
     session_id: String,
+    max_message_bytes: usize,
     tasks: Tasks,
 ) {
     let (presence, resumed) = kernel.clients.arrive(&session_id).await;
@@ -81,6 +87,7 @@ pub async fn serve(
     let out = Outbox {
         tx: out_tx,
         budget: Arc::new(Semaphore::new(OUT_BYTES)),
+        max_message_bytes,
     };
     let (in_tx, in_rx) = mpsc::channel::<ClientMessage>(IN_QUEUE);
     let (close_tx, close_rx) = oneshot::channel::<CloseFrame>();
@@ -210,6 +217,8 @@ fn close_frame_for(error: &str) -> Option<CloseFrame> {
 struct Outbox {
     tx: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
     budget: Arc<Semaphore>,
+    /// Larger kernel messages are dropped (with a note to the client).
+    max_message_bytes: usize,
 }
 
 impl Outbox {
@@ -275,7 +284,7 @@ async fn relay(
     // A connect that failed while the kernel is still running (ports not bound yet, a network
     // cut) is tried again, and the client's messages are held meanwhile instead of dropped.
     let mut retry: Option<tokio::time::Instant> = None;
-    let mut held: VecDeque<ClientMessage> = VecDeque::new();
+    let mut held = Held::default();
     loop {
         if dirty {
             dirty = false;
@@ -287,7 +296,7 @@ async fn relay(
                     retry = None;
                     match ClientSockets::connect(ep).await {
                         Ok(mut s) => {
-                            for m in held.drain(..) {
+                            for m in held.drain() {
                                 s.send(m.channel, m.msg).await;
                             }
                             socks = Some(s);
@@ -338,11 +347,9 @@ async fn relay(
                         tracing::warn!(kernel_id = %kernel.id, "kernel is dead; client message dropped");
                     }
                     None => {
-                        if held.len() == HELD_MAX {
-                            held.pop_front();
-                            tracing::warn!(kernel_id = %kernel.id, "kernel not connected; oldest held client message dropped");
+                        if held.push(m) {
+                            tracing::warn!(kernel_id = %kernel.id, "kernel not connected; oldest held client messages dropped");
                         }
-                        held.push_back(m);
                     }
                 }
             }
@@ -366,8 +373,71 @@ async fn relay(
     }
 }
 
-/// Queues one message for the client; false when the writer is gone.
+/// Client messages held for a kernel that is not connected, bounded in count and bytes.
+#[derive(Default)]
+struct Held {
+    items: VecDeque<ClientMessage>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Holds `m`, dropping the oldest while a bound is exceeded; whether any were dropped.
+    fn push(&mut self, m: ClientMessage) -> bool {
+        self.bytes += message_bytes(&m.msg);
+        self.items.push_back(m);
+        let mut dropped = false;
+        while self.items.len() > HELD_MAX || self.bytes > HELD_MAX_BYTES {
+            let Some(old) = self.items.pop_front() else {
+                break;
+            };
+            self.bytes -= message_bytes(&old.msg);
+            dropped = true;
+        }
+        dropped
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = ClientMessage> + '_ {
+        self.bytes = 0;
+        self.items.drain(..)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A message's size: its parts and buffers.
+fn message_bytes(m: &WireMessage) -> usize {
+    [&m.header, &m.parent_header, &m.metadata, &m.content]
+        .iter()
+        .map(|p| p.len())
+        .chain(m.buffers.iter().map(Vec::len))
+        .sum()
+}
+
+/// Queues one message for the client; false when the writer is gone. A message over
+/// `--max-message-bytes` is replaced by a note on stderr under the same parent.
 async fn forward(out: &Outbox, framing: Framing, channel: Channel, msg: &WireMessage) -> bool {
+    let size = message_bytes(msg);
+    if size > out.max_message_bytes {
+        tracing::warn!(
+            channel = channel.as_str(),
+            size,
+            max = out.max_message_bytes,
+            "message from kernel dropped: larger than --max-message-bytes"
+        );
+        let note = channels::too_large(msg, size, out.max_message_bytes);
+        return Box::pin(forward(out, framing, Channel::Iopub, &note)).await;
+    }
     let frame = match wsframe::encode(framing, channel, msg) {
         Ok(OutFrame::Text(t)) => Message::Text(t.into()),
         Ok(OutFrame::Binary(b)) => Message::Binary(b.into()),
@@ -385,6 +455,29 @@ async fn forward(out: &Outbox, framing: Framing, channel: Channel, msg: &WireMes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_messages_are_bounded_in_bytes() {
+        let m = |n: usize| ClientMessage {
+            channel: Channel::Shell,
+            msg: WireMessage {
+                content: vec![b'x'; n],
+                ..WireMessage::default()
+            },
+        };
+        let mut h = Held::default();
+        assert!(!h.push(m(HELD_MAX_BYTES / 2)));
+        assert!(!h.push(m(HELD_MAX_BYTES / 2)));
+        assert!(h.push(m(10)), "the oldest goes");
+        assert_eq!(h.len(), 2);
+        assert!(h.bytes <= HELD_MAX_BYTES);
+        for _ in 0..HELD_MAX {
+            h.push(m(1));
+        }
+        assert_eq!(h.len(), HELD_MAX);
+        assert_eq!(h.drain().count(), HELD_MAX);
+        assert!(h.is_empty() && h.bytes == 0);
+    }
 
     #[test]
     fn close_codes() {

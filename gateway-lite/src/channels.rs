@@ -50,6 +50,8 @@ pub struct KernelEndpoints {
     pub pgid: Option<i64>,
     /// Counts incarnations of the same kernel id.
     pub generation: u64,
+    /// This incarnation's launch secret: comm-port requests are signed with it.
+    pub secret: Option<std::sync::Arc<str>>,
 }
 
 impl KernelEndpoints {
@@ -185,6 +187,28 @@ pub fn message(msg_type: &str, session: &str, parent: &[u8], content: Value) -> 
         content: content.to_string().into_bytes(),
         buffers: Vec::new(),
     }
+}
+
+/// What the client sees instead of a kernel message over the size limit: an iopub `stream`
+/// on stderr with the dropped message's parent, so it shows in the cell that caused it.
+pub fn too_large(dropped: &WireMessage, size: usize, max: usize) -> WireMessage {
+    let (msg_type, _) = header_fields(&dropped.header).unwrap_or_default();
+    let text = format!(
+        "gateway-lite: a {msg_type} message of {size} bytes from the kernel was dropped: it is larger than --max-message-bytes ({max}).\n"
+    );
+    let parent = if serde_json::from_slice::<serde_json::Map<String, Value>>(&dropped.parent_header)
+        .is_ok()
+    {
+        dropped.parent_header.as_slice()
+    } else {
+        b"{}"
+    };
+    message(
+        "stream",
+        "",
+        parent,
+        json!({"name": "stderr", "text": text}),
+    )
 }
 
 /// An iopub `status` message the gateway tells clients (`restarting`, `dead`).

@@ -125,6 +125,28 @@ impl KernelSpec {
         self.argv.iter().any(|a| a.contains("{response_address}"))
     }
 
+    /// Whether this spec's launches are authenticated: the launcher is `kernel-launcher`,
+    /// which returns the per-launch secret in its payload and requires it on the comm port.
+    /// That holds for a spec gateway-lite wraps, a spec whose argv runs `kernel-launcher`,
+    /// and a Docker spec (the container's entrypoint is the launcher) unless its
+    /// `metadata.process_proxy.config.launch_secret` is `false` (an image with Enterprise
+    /// Gateway's own launcher). Any other launcher keeps Enterprise Gateway's
+    /// unauthenticated behaviour.
+    pub fn authenticated(&self, launcher: &Path) -> bool {
+        if self.proxy_config.get("launch_secret") == Some(&Value::Bool(false)) {
+            return false;
+        }
+        let class = self.process_proxy.as_deref().unwrap_or_default();
+        if class.ends_with("DockerProcessProxy") || class.ends_with("DockerSwarmProcessProxy") {
+            return true;
+        }
+        if !self.runs_launcher() {
+            return true;
+        }
+        let program = Path::new(&self.argv[0]);
+        program == launcher || program.file_name().is_some_and(|n| n == "kernel-launcher")
+    }
+
     /// The command to run: the spec's argv with EG's placeholders filled, wrapped in
     /// `kernel-launcher ... --` unless the spec runs a launcher itself.
     pub fn command(&self, fill: &Placeholders<'_>, launcher: &Path) -> Vec<String> {
@@ -143,6 +165,8 @@ impl KernelSpec {
             fill.response_address.into(),
             "--public-key".into(),
             fill.public_key.into(),
+            "--port-range".into(),
+            fill.port_range.into(),
             "--".into(),
         ];
         // `{connection_file}` is left for the launcher, which fills in its own file.
@@ -217,6 +241,8 @@ pub struct Placeholders<'a> {
     pub public_key: &'a str,
     /// `{connection_file}` (for specs that run a launcher themselves).
     pub connection_file: &'a str,
+    /// `{port_range}`, `L..U` (`0..0`: any).
+    pub port_range: &'a str,
 }
 
 impl Placeholders<'_> {
@@ -230,7 +256,7 @@ impl Placeholders<'_> {
             .replace("{kernel_id}", self.kernel_id)
             .replace("{response_address}", self.response_address)
             .replace("{public_key}", self.public_key)
-            .replace("{port_range}", "0..0")
+            .replace("{port_range}", self.port_range)
             .replace("{resource_dir}", &resource_dir);
         if fill_connection_file {
             out = out.replace("{connection_file}", self.connection_file);
@@ -369,6 +395,7 @@ mod tests {
             response_address: "127.0.0.1:9",
             public_key: "PK",
             connection_file: "/run/kernel-K.json",
+            port_range: "0..0",
         }
     }
 
@@ -417,6 +444,8 @@ mod tests {
                 "127.0.0.1:9",
                 "--public-key",
                 "PK",
+                "--port-range",
+                "0..0",
                 "--",
                 "python3",
                 "-m",
@@ -457,6 +486,36 @@ mod tests {
             ]
         );
         assert_eq!(spec.spec["interrupt_mode"], "signal");
+    }
+
+    #[test]
+    fn which_specs_are_authenticated() {
+        let kl = Path::new("/opt/bin/kernel-launcher");
+        assert!(KernelSpec::embedded_python3().authenticated(kl), "wrapped");
+        let spec = |argv: &str, meta: &str| {
+            let doc = format!(r#"{{"argv":{argv},"metadata":{meta}}}"#);
+            KernelSpec::from_json("x", None, doc.as_bytes()).unwrap()
+        };
+        let ours = spec(
+            r#"["/usr/local/bin/kernel-launcher","{response_address}"]"#,
+            "{}",
+        );
+        assert!(ours.authenticated(kl));
+        let eg = spec(
+            r#"["python","/k/launch_ipykernel.py","{response_address}"]"#,
+            "{}",
+        );
+        assert!(!eg.authenticated(kl), "Enterprise Gateway's own launcher");
+        let docker = r#"{"process_proxy":{"class_name":"enterprise_gateway.services.processproxies.docker_swarm.DockerProcessProxy"}}"#;
+        assert!(
+            spec(
+                r#"["python","/k/launch_docker.py","{response_address}"]"#,
+                docker
+            )
+            .authenticated(kl)
+        );
+        let eg_image = r#"{"process_proxy":{"class_name":"x.DockerProcessProxy","config":{"launch_secret":false}}}"#;
+        assert!(!spec(r#"["python","{response_address}"]"#, eg_image).authenticated(kl));
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod tasks;
+pub mod token;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ use std::time::Duration;
 use anyhow::Context;
 use protocol::payload::PrivateKey;
 
-use crate::config::Config;
+use crate::config::{Auth, Config, TokenSource};
 use crate::kernels::policy::Grace;
 use crate::kernels::{Kernels, Launcher, Rules};
 use crate::kernelspecs::KernelSpecs;
@@ -59,9 +60,6 @@ use crate::provisioner::ssh::Ssh;
 use crate::response::ResponseListener;
 use crate::state::StateStore;
 use crate::tasks::Tasks;
-
-/// Open HTTP connections at once.
-const MAX_CONNECTIONS: usize = 1024;
 
 /// How long the gateway's exit waits for its tasks once they are told to stop.
 const TASKS_DEADLINE: Duration = Duration::from_secs(10);
@@ -75,16 +73,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         ip = %config.ip,
         port = config.port,
-        auth = config.auth_token.is_some(),
+        auth = ?config.edge.auth,
+        allow_hosts = ?config.edge.allow_hosts,
+        allow_origins = ?config.edge.allow_origins,
+        port_range = %config.port_range,
         launcher = %config.launcher.display(),
         launch_timeout = ?config.launch_timeout,
         kernelspec_dirs = ?config.kernelspec_dirs,
-        allow_origin = ?config.allow_origin,
         limits = ?config.limits,
         restart_limit = config.restart_limit,
         cull = ?config.cull,
         "starting gateway-lite"
     );
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    raise_open_files_limit();
     let state = match &config.state_dir {
         Some(dir) => {
             let store = StateStore::open(dir)?;
@@ -112,6 +116,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     for spec in specs.iter() {
         tracing::info!(name = %spec.name, wrapped = !spec.runs_launcher(), "kernelspec");
+        if !spec.authenticated(&config.launcher) {
+            tracing::warn!(
+                name = %spec.name,
+                launcher = %spec.argv[0],
+                "kernelspec runs another launcher: its launch payloads and comm port are not authenticated (Enterprise Gateway's behaviour)"
+            );
+        }
     }
     if !config.ssh.hosts.is_empty() {
         tracing::info!(hosts = ?config.ssh.hosts, balancing = ?config.ssh.balancing, ssh_config = ?config.ssh.ssh_config, "remote hosts for DistributedProcessProxy kernelspecs");
@@ -120,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         provisioners: Provisioners {
             local: Arc::new(Local {
                 kernel_ip: config.kernel_ip,
+                base_env: config.kernel_base_env.clone(),
                 tasks: tasks.clone(),
             }),
             ssh: Arc::new(Ssh::new(config.ssh.clone(), tasks.clone())),
@@ -130,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.launch_timeout,
         runtime_dir: std::env::temp_dir(),
         grace: Grace::default(),
+        port_range: config.port_range,
     };
     let rules = Rules {
         limits: config.limits,
@@ -145,8 +158,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = api::router(
         state,
         api::auth::AuthPolicy {
-            token: config.auth_token.clone(),
-            allow_origin: config.allow_origin.clone(),
+            token: match &config.edge.auth {
+                Auth::Token { value, .. } => Some(value.clone()),
+                Auth::Off => None,
+            },
+            allow_hosts: config.edge.allow_hosts.clone(),
+            allow_origins: config.edge.allow_origins.clone(),
         },
     );
     let listener = tokio::net::TcpListener::bind((config.ip, config.port))
@@ -154,9 +171,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{} (--ip/--port)", config.ip, config.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    // One machine-readable line on stdout, so callers using --port 0 learn the port.
+    // One machine-readable line on stdout, so callers using --port 0 learn the port; a
+    // token made here is shown once, in the URL, and kept in a private file.
+    let query = match &config.edge.auth {
+        Auth::Token {
+            value,
+            source: TokenSource::Generated,
+        } => {
+            match token::write(value, config.state_dir.as_deref(), addr.port()) {
+                Ok(path) => tracing::info!(file = %path.display(), "generated token written"),
+                Err(e) => tracing::warn!("could not write the generated token to a file: {e}"),
+            }
+            format!("?token={value}")
+        }
+        Auth::Token { .. } => String::new(),
+        Auth::Off => {
+            tracing::warn!("--no-auth: every local user and process can run code as this user");
+            String::new()
+        }
+    };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "gateway-lite listening on http://{addr}/");
+    let _ = writeln!(out, "gateway-lite listening on http://{addr}/{query}");
     let _ = out.flush();
     let closing = tasks.clone();
     tasks.spawn_until_stopped(async move {
@@ -170,7 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         app,
         tasks.clone(),
         server::Bounds {
-            max_connections: MAX_CONNECTIONS,
+            max_connections: config.edge.max_connections,
             header_read_timeout: server::HEADER_READ_TIMEOUT,
         },
     )
@@ -189,6 +224,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let left = tasks.shutdown(TASKS_DEADLINE).await;
     tracing::info!(left, "gateway-lite stopped");
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: every kernel holds a few sockets, and
+/// idle connections to the listeners must not run the gateway out of descriptors.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open-files limit raised"),
+            Err(e) => tracing::debug!("cannot raise the open-files limit: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::debug!("cannot read the open-files limit: {e}"),
+    }
 }
 
 async fn shutdown_signal() {

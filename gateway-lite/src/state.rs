@@ -58,6 +58,10 @@ pub struct KernelRecord {
     pub pgid: Option<i64>,
     /// Where the launcher runs.
     pub placement: Placement,
+    /// The launch secret comm-port requests are signed with (absent: unsigned, as for
+    /// Enterprise Gateway's launchers and in state files of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_secret: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -244,6 +248,7 @@ mod tests {
                 start_time: 9,
                 log_file: None,
             },
+            launch_secret: Some("s".repeat(64)),
         }
     }
 

@@ -26,6 +26,10 @@ use serde_json::value::RawValue;
 
 use crate::wire::{Channel, WireMessage, header_fields};
 
+/// Most parts one frame may have (the channel, four JSON parts and buffers): a frame of
+/// millions of empty parts would cost millions of allocations.
+pub const MAX_PARTS: usize = 1029;
+
 /// The v1 subprotocol name.
 pub const V1_PROTOCOL: &str = "v1.kernel.websocket.jupyter.org";
 
@@ -204,7 +208,12 @@ fn split_table(bytes: &[u8], width: usize, v1: bool) -> Result<Vec<Vec<u8>>, Fra
         })
     };
     let n = read(0).ok_or(FrameError::Offsets("truncated count"))?;
-    let n = usize::try_from(n).map_err(|_| FrameError::Offsets("count too large"))?;
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_PARTS)
+        .ok_or(FrameError::Offsets(
+            "more parts than a message has buffers for",
+        ))?;
     let table_end = n
         .checked_add(1)
         .and_then(|k| k.checked_mul(width))
@@ -376,6 +385,19 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(decode_binary(Framing::V1, &huge).is_err());
+        // A frame of many empty parts is refused by its count, before anything is made.
+        let n = MAX_PARTS + 1;
+        let mut many = (n as u64).to_le_bytes().to_vec();
+        let end = (8 * (n + 1)) as u64;
+        for _ in 0..n {
+            many.extend_from_slice(&end.to_le_bytes());
+        }
+        assert_eq!(
+            decode_binary(Framing::V1, &many),
+            Err(FrameError::Offsets(
+                "more parts than a message has buffers for"
+            ))
+        );
     }
 
     #[test]

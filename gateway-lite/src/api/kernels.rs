@@ -138,11 +138,12 @@ pub(super) async fn channels(
     };
     let session_id = query.get("session_id").cloned().unwrap_or_default();
     let tasks = st.kernels.tasks().clone();
+    let max = st.max_message_bytes;
     Ok(ws
         .on_failed_upgrade(|e| tracing::warn!("websocket upgrade failed: {e}"))
         .on_upgrade(move |socket| async move {
             // The bridge runs as a tracked task of the gateway, not in the server's own.
-            let serve = bridge::serve(socket, kernel, framing, session_id, tasks.clone());
+            let serve = bridge::serve(socket, kernel, framing, session_id, max, tasks.clone());
             let _ = tasks.spawn(serve).await;
         }))
 }

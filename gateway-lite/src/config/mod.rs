@@ -11,8 +11,11 @@
 //! and its checks are in [`cli`]; the syntax of names that reach other programs (ssh
 //! destinations, Docker images and networks) is in [`names`].
 
+mod args;
 mod cli;
+mod edge;
 pub mod names;
+mod provisioning;
 mod settings;
 
 pub use settings::*;

@@ -4,6 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use protocol::ports::PortRange;
+
 /// Exit code for configuration errors (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -142,6 +144,12 @@ pub struct DockerSettings {
     pub name_prefix: String,
     /// Extra labels on every container.
     pub labels: Vec<(String, String)>,
+    /// Images a request's `KERNEL_IMAGE` may name (besides the kernelspecs' own).
+    pub allowed_images: Vec<String>,
+    /// A network per `KERNEL_USERNAME`.
+    pub network_per_user: bool,
+    /// Read-only root filesystem for kernel containers.
+    pub read_only: bool,
 }
 
 impl Default for DockerSettings {
@@ -152,8 +160,58 @@ impl Default for DockerSettings {
             image: None,
             name_prefix: "gateway-lite".into(),
             labels: Vec::new(),
+            allowed_images: Vec::new(),
+            network_per_user: false,
+            read_only: true,
         }
     }
+}
+
+/// Where the token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--auth-token` or `GATEWAY_LITE_AUTH_TOKEN`.
+    Given,
+    /// `--auth-token-file`.
+    File(PathBuf),
+    /// Made at start (none was configured).
+    Generated,
+}
+
+/// How HTTP clients authenticate.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// A token is required.
+    Token {
+        /// The token.
+        value: String,
+        /// Where it came from.
+        source: TokenSource,
+    },
+    /// `--no-auth` (loopback only).
+    Off,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Token { source, .. } => write!(f, "Token(<redacted>, {source:?})"),
+            Auth::Off => f.write_str("Off"),
+        }
+    }
+}
+
+/// What guards the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Token or none.
+    pub auth: Auth,
+    /// Host names allowed in `Host` besides IP literals and localhost; `*` allows any.
+    pub allow_hosts: Vec<String>,
+    /// Web origins allowed besides the gateway's own; `*` allows any.
+    pub allow_origins: Vec<String>,
+    /// Open HTTP connections at once.
+    pub max_connections: usize,
 }
 
 /// The validated configuration.
@@ -163,8 +221,8 @@ pub struct Config {
     pub ip: IpAddr,
     /// Listen port (0 = any).
     pub port: u16,
-    /// Token, when authentication is on.
-    pub auth_token: Option<String>,
+    /// Authentication, Host and Origin checks, connection cap.
+    pub edge: Edge,
     /// `--kernelspec-dir` values, in order.
     pub kernelspec_dirs: Vec<PathBuf>,
     /// Jupyter data path inputs.
@@ -179,8 +237,13 @@ pub struct Config {
     pub ssh: SshSettings,
     /// The Docker provisioner's settings.
     pub docker: DockerSettings,
-    /// `Access-Control-Allow-Origin`.
-    pub allow_origin: Option<String>,
+    /// Ports launchers may use.
+    pub port_range: PortRange,
+    /// What local kernels get of the gateway's environment (captured at start): the
+    /// standard variables ([`KERNEL_ENV_STANDARD`]) and the `--kernel-env` ones.
+    pub kernel_base_env: std::collections::BTreeMap<String, String>,
+    /// Problems that are no errors, logged at start (e.g. a token on the command line).
+    pub warnings: Vec<String>,
     /// Response listener address.
     pub response_ip: IpAddr,
     /// Address local kernels bind.
@@ -197,6 +260,44 @@ pub struct Config {
     pub restart_limit: u32,
     /// Idle culling, when on.
     pub cull: Option<Cull>,
+}
+
+/// Variables of the gateway's environment every local kernel gets (`PREFIX*` for a prefix):
+/// what a process needs to find programs, files, language and time, and the usual homes of
+/// Jupyter, Java and Spark. Nothing else passes unless `--kernel-env` names it; in
+/// particular no `GATEWAY_LITE_*` (the token is one).
+pub const KERNEL_ENV_STANDARD: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "JUPYTER_*",
+    "XDG_RUNTIME_DIR",
+    "XDG_DATA_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_CACHE_HOME",
+    "JAVA_HOME",
+    "SPARK_HOME",
+    "HADOOP_CONF_DIR",
+    "YARN_CONF_DIR",
+];
+
+/// Whether `name` is matched by one of `patterns` (a name, or `PREFIX*`).
+pub fn env_matches(patterns: &[impl AsRef<str>], name: &str) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.as_ref();
+        match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        }
+    })
 }
 
 /// Parses a positive, finite number of seconds (`"30"`, `"2.5"`).

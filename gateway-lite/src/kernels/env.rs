@@ -13,7 +13,8 @@ use super::error::KernelError;
 /// Longest value of a `KERNEL_*` variable.
 pub const MAX_ENV_VALUE: usize = 4096;
 
-/// Validates the request's `env`: an object; `KERNEL_*` values are strings of at most
+/// Validates the request's `env`: `KERNEL_ID` and `KERNEL_LAUNCHER_*` are the gateway's
+/// controls and are refused by name. `env` is an object; `KERNEL_*` values are strings of at most
 /// [`MAX_ENV_VALUE`] characters without `$`, backquote, CR, LF or NUL (they end up in
 /// command lines and shell scripts of launchers). Other names are ignored, as EG does
 /// unless they are allow-listed.
@@ -32,6 +33,11 @@ pub fn kernel_env(env: Option<&Value>) -> Result<BTreeMap<String, String>, Kerne
         if !k.starts_with("KERNEL_") {
             tracing::debug!("request env {k} ignored (only KERNEL_* is passed to kernels)");
             continue;
+        }
+        if k == "KERNEL_ID" || k.starts_with("KERNEL_LAUNCHER_") {
+            return Err(KernelError::BadEnv(format!(
+                "env {k} is set by the gateway, not by requests; remove it"
+            )));
         }
         let Some(s) = v.as_str() else {
             return Err(KernelError::BadEnv(format!("env {k} must be a string")));
@@ -81,6 +87,10 @@ mod tests {
             json!({"KERNEL_X": 1}),
             json!({"KERNEL_X": "x".repeat(MAX_ENV_VALUE + 1)}),
             json!({"KERNEL_X-Y": "a"}),
+            json!({"KERNEL_ID": "mine"}),
+            json!({"KERNEL_LAUNCHER_IP": "0.0.0.0"}),
+            json!({"KERNEL_LAUNCHER_GRACE_PERIOD": "3600"}),
+            json!({"KERNEL_LAUNCHER_SECRET": "0123456789abcdef0123"}),
             json!([1]),
         ] {
             assert!(kernel_env(Some(&bad)).is_err(), "{bad}");

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use protocol::payload::LaunchReport;
+use protocol::ports::PortRange;
 use protocol::wire::Signer;
 
 use super::error::KernelError;
@@ -23,8 +26,8 @@ use super::process::Process;
 use super::stop;
 use crate::channels::KernelEndpoints;
 use crate::kernelspecs::{KernelSpec, Placeholders};
-use crate::provisioner::{LaunchRequest, Provisioners};
-use crate::response::ResponseListener;
+use crate::provisioner::{LaunchRequest, Launched, Provisioners};
+use crate::response::{Delivery, ResponseListener};
 
 /// Most places one kernel start tries: a launcher that could not be run where it was sent
 /// (an unreachable SSH host) is sent elsewhere, up to this many times in all.
@@ -45,6 +48,8 @@ pub struct Launcher {
     pub runtime_dir: PathBuf,
     /// Shutdown waits.
     pub grace: Grace,
+    /// Ports launchers may use (`--port-range`); reports outside it are refused.
+    pub port_range: PortRange,
 }
 
 /// What one launch is for.
@@ -65,20 +70,28 @@ impl Launcher {
         abandon: impl Future<Output = ()>,
     ) -> Result<Process, KernelError> {
         let id = job.id;
-        let mut pending = self.response.expect(id);
+        let secret = job.spec.authenticated(&self.launcher).then(new_secret);
+        let mut pending = self.response.expect(id, secret.clone());
         let connection_file = self.runtime_dir.join(format!("kernel-{id}.json"));
         let connection_file = connection_file.to_string_lossy();
         let response_address = self.response.address();
+        let port_range = self.port_range.to_string();
         let fill = Placeholders {
             kernel_id: id,
             response_address: &response_address,
             public_key: self.response.public_key(),
             connection_file: &connection_file,
+            port_range: &port_range,
         };
         let argv = job.spec.command(&fill, &self.launcher);
         let mut launch_env = job.spec.env.clone();
         launch_env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         launch_env.insert("KERNEL_ID".into(), id.to_owned());
+        // The gateway decides how long the launcher gives its kernel (see `Grace`).
+        launch_env.insert(
+            "KERNEL_LAUNCHER_GRACE_PERIOD".into(),
+            format!("{}", self.grace.launcher.as_secs_f64()),
+        );
         let launch_error = |e: crate::provisioner::LaunchError| KernelError::Launch {
             kernel_id: id.to_owned(),
             message: e.to_string(),
@@ -93,6 +106,7 @@ impl Launcher {
                 kernel_id: id.to_owned(),
                 argv: argv.clone(),
                 env: launch_env.clone(),
+                secret: secret.clone(),
                 log_file: job.log_file.clone(),
             };
             // Starting is short (a spawn, an ssh, two Engine API calls) and not interrupted,
@@ -125,8 +139,15 @@ impl Launcher {
             };
             break (launched, report);
         };
-        let endpoints =
-            report.and_then(|r| endpoints(id, r, launched.host.clone(), job.generation));
+        let endpoints = report.and_then(|d| {
+            self.check(id, &d, &launched).inspect_err(|_| {
+                self.response
+                    .refusals()
+                    .mismatch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })?;
+            endpoints(id, d.report, launched.host.clone(), job.generation, secret)
+        });
         let endpoints = match endpoints {
             Ok(ep) => ep,
             Err(e) => {
@@ -159,12 +180,65 @@ impl Launcher {
     }
 }
 
+/// A fresh per-launch secret: 256 random bits from the OS, as 64 hex digits.
+fn new_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+impl Launcher {
+    /// Whether a report (its secret already checked by the listener) fits its launch: sent
+    /// from where the launcher runs, with every port inside the configured range.
+    fn check(&self, id: &str, d: &Delivery, launched: &Launched) -> Result<(), KernelError> {
+        let fail = |message: String| KernelError::Launch {
+            kernel_id: id.to_owned(),
+            message,
+        };
+        let peer = d.peer.ip();
+        let expected: Option<IpAddr> = launched.host.parse().ok();
+        // A local launcher reports over loopback or from this host's address facing the
+        // listener; a remote one from the address the gateway connects to.
+        let local =
+            launched.control.is_local() && (peer.is_loopback() || peer == self.response.ip());
+        if !local && expected.is_some_and(|e| e != peer) {
+            return Err(fail(format!(
+                "the connection payload came from {peer}, but the launcher runs at {}; refused",
+                launched.host
+            )));
+        }
+        let c = &d.report.connection;
+        let ports = [
+            c.shell_port,
+            c.iopub_port,
+            c.stdin_port,
+            c.control_port,
+            c.hb_port,
+        ];
+        let outside: Vec<u16> = ports
+            .into_iter()
+            .chain(d.report.comm_port)
+            .filter(|p| !self.port_range.contains(*p))
+            .collect();
+        if !outside.is_empty() {
+            return Err(fail(format!(
+                "the connection payload names ports {outside:?} outside --port-range {}; refused",
+                self.port_range
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The endpoints a payload reports, if they are usable.
 fn endpoints(
     id: &str,
     report: LaunchReport,
     host: String,
     generation: u64,
+    secret: Option<String>,
 ) -> Result<KernelEndpoints, KernelError> {
     let fail = |message: String| KernelError::Launch {
         kernel_id: id.to_owned(),
@@ -196,5 +270,6 @@ fn endpoints(
         pid: report.pid,
         pgid: report.pgid,
         generation,
+        secret: secret.map(Into::into),
     })
 }

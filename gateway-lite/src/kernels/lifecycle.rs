@@ -147,6 +147,7 @@ pub(super) async fn restore(
         pid: record.pid,
         pgid: record.pgid,
         generation: record.generation,
+        secret: record.launch_secret.clone().map(Into::into),
     });
     let timeout = std::time::Duration::try_from_secs_f64(record.launch_timeout_secs)
         .unwrap_or(ctx.launcher.timeout);
@@ -189,6 +190,7 @@ fn record_of(kernel: &Kernel, p: &Process) -> KernelRecord {
         pid: ep.pid,
         pgid: ep.pgid,
         placement: p.launched.placement.clone(),
+        launch_secret: ep.secret.as_deref().map(str::to_owned),
     }
 }
 
@@ -341,7 +343,7 @@ impl Owner {
     async fn bury(&mut self) {
         self.incarnation.cancel();
         if let Some(p) = self.process.take() {
-            stop::kill_orphaned_group(&p, &self.kernel.id);
+            stop::kill_orphaned_group(&p, &self.kernel.id).await;
         }
         self.kernel.set_state(ExecutionState::Dead);
         self.kernel.phase.send_replace(Phase::Dead);
@@ -366,7 +368,7 @@ impl Owner {
         self.incarnation.cancel();
         if let Some(old) = self.process.take() {
             stop::stop(&old, &kernel.id, true, self.ctx.launcher.grace).await;
-            stop::kill_orphaned_group(&old, &kernel.id);
+            stop::kill_orphaned_group(&old, &kernel.id).await;
         }
         let job = Job {
             id: &kernel.id,
@@ -451,7 +453,7 @@ impl Owner {
         }
         match p.endpoints.comm_port {
             Some(port) => stop::comm_send(
-                &p.endpoints.host,
+                &p.endpoints,
                 port,
                 CommRequest {
                     signum: Some(2),
@@ -477,7 +479,7 @@ impl Owner {
         self.incarnation.cancel();
         if let Some(p) = self.process.take() {
             stop::stop(&p, &id, false, self.ctx.launcher.grace).await;
-            stop::kill_orphaned_group(&p, &id);
+            stop::kill_orphaned_group(&p, &id).await;
         }
         self.kernel.set_state(ExecutionState::Dead);
         self.kernel.phase.send_replace(Phase::Gone);

@@ -165,8 +165,16 @@ pub fn should_cull(cull: &Cull, state: ExecutionState, connections: usize, idle:
 }
 
 /// Every wait of a shutdown, in one place.
+///
+/// The launcher has a grace of its own (SIGTERM to the kernel, then SIGKILL), which the
+/// gateway sets ([`Grace::launcher`], passed as `KERNEL_LAUNCHER_GRACE_PERIOD`; a request
+/// cannot change it). The gateway's wait after SIGTERM to the launcher is longer, so the
+/// launcher always gets to kill its kernel before the gateway kills the launcher: a launcher
+/// killed first would leave its kernel running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grace {
+    /// The launcher's own SIGTERM-to-SIGKILL grace for its kernel.
+    pub launcher: Duration,
     /// Waiting for `shutdown_reply` and then for the launcher to exit.
     pub shutdown_request: Duration,
     /// After the comm port's `{"shutdown":1}`.
@@ -183,10 +191,12 @@ pub struct Grace {
 
 impl Default for Grace {
     fn default() -> Self {
+        let launcher = Duration::from_secs(5);
         Grace {
+            launcher,
             shutdown_request: Duration::from_secs(3),
             comm_shutdown: Duration::from_secs(1),
-            terminate: Duration::from_secs(5),
+            terminate: launcher + Duration::from_secs(3),
             kill: Duration::from_secs(2),
             comm_connect: Duration::from_secs(2),
             interrupt_reply: Duration::from_secs(5),
@@ -381,6 +391,10 @@ mod tests {
     #[test]
     fn grace_steps_are_bounded_and_positive() {
         let g = Grace::default();
+        assert!(
+            g.terminate > g.launcher + Duration::from_secs(1),
+            "the gateway outwaits the launcher's own grace"
+        );
         for d in [
             g.shutdown_request,
             g.comm_shutdown,
@@ -388,6 +402,7 @@ mod tests {
             g.kill,
             g.comm_connect,
             g.interrupt_reply,
+            g.launcher,
         ] {
             assert!(d > Duration::ZERO && d <= Duration::from_secs(10), "{d:?}");
         }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::policy::Grace;
 use super::process::Process;
-use crate::channels::{self, Channel};
+use crate::channels::{self, Channel, KernelEndpoints};
 use crate::provisioner::Launched;
 
 /// Stops one incarnation: `shutdown_request` on control, then the comm port's
@@ -53,7 +53,7 @@ pub(super) async fn stop(p: &Process, kernel_id: &str, restart: bool, grace: Gra
             signum: None,
             shutdown: true,
         };
-        if let Err(e) = comm_send(&ep.host, port, req, grace.comm_connect).await {
+        if let Err(e) = comm_send(ep, port, req, grace.comm_connect).await {
             tracing::debug!("comm port shutdown: {e}");
         }
         if tokio::time::timeout(grace.comm_shutdown, exit.wait_for(Option::is_some))
@@ -84,19 +84,22 @@ pub(super) async fn terminate(launched: &Launched, kernel_pgid: Option<(i64, &st
         grace.terminate
     );
     if let Some((pgid, kernel_id)) = kernel_pgid {
-        kill_group_of(launched, pgid, kernel_id);
+        kill_group_of(launched, pgid, kernel_id).await;
     }
     launched.control.signal(Signal::SIGKILL).await;
     let _ = tokio::time::timeout(grace.kill, exit.wait_for(Option::is_some)).await;
 }
 
-/// Writes one request to a launcher's comm port and closes (no reply comes).
+/// Writes one request to a launcher's comm port and closes (no reply comes): signed with
+/// the incarnation's launch secret when it has one, in Enterprise Gateway's plain form
+/// otherwise.
 pub(super) async fn comm_send(
-    host: &str,
+    ep: &KernelEndpoints,
     port: u16,
     req: CommRequest,
     connect: Duration,
 ) -> std::io::Result<()> {
+    let host = ep.host.as_str();
     let addr: SocketAddr = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
         Err(_) => tokio::net::lookup_host((host, port))
@@ -104,56 +107,35 @@ pub(super) async fn comm_send(
             .next()
             .ok_or_else(|| std::io::Error::other("host has no address"))?,
     };
+    let bytes = match &ep.secret {
+        Some(secret) => {
+            let time = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let nonce = *uuid::Uuid::new_v4().as_bytes();
+            protocol::signed::sign(&req, secret.as_bytes(), time, &nonce)
+        }
+        None => req.to_json(),
+    };
     let mut s = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.write_all(&req.to_json()).await?;
+    s.write_all(&bytes).await?;
     s.shutdown().await?;
     Ok(())
 }
 
-/// Kills what is left of a local kernel whose launcher has exited: a launcher killed with
-/// SIGKILL cannot take its kernel down, and the kernel (in its own process group) would run
-/// on as an orphan.
-pub(super) fn kill_orphaned_group(p: &Process, kernel_id: &str) {
+/// Kills what is left of a kernel whose launcher has exited: a launcher killed with SIGKILL
+/// cannot take its kernel down, and the kernel (in its own process group) would run on as
+/// an orphan, here or on its SSH host.
+pub(super) async fn kill_orphaned_group(p: &Process, kernel_id: &str) {
     if let Some(pgid) = p.endpoints.pgid {
-        kill_group_of(&p.launched, pgid, kernel_id);
+        kill_group_of(&p.launched, pgid, kernel_id).await;
     }
 }
 
-/// SIGKILL to the kernel's reported process group, only on this host and only if that group's
-/// leader is still this kernel (its environment names the kernel id), so a recycled pid is
-/// never hit. The reported pgid means nothing for a remote or containerized kernel.
-fn kill_group_of(launched: &Launched, pgid: i64, kernel_id: &str) {
-    let Some(pgid) = i32::try_from(pgid).ok().filter(|p| *p > 1) else {
-        return;
-    };
-    if !launched.control.is_local() || !leader_is(pgid, kernel_id) {
-        return;
-    }
-    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL) {
-        Ok(()) => tracing::info!(kernel_id, pgid, "killed the kernel's process group"),
-        Err(e) => tracing::debug!(kernel_id, pgid, "killpg: {e}"),
-    }
-}
-
-/// Whether process `pid` carries `KERNEL_ID=<kernel_id>` in its environment.
-fn leader_is(pid: i32, kernel_id: &str) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let want = format!("KERNEL_ID={kernel_id}");
-    env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_leaders_are_recognised_by_their_kernel_id() {
-        let me = i32::try_from(std::process::id()).unwrap();
-        assert!(!leader_is(me, "no-such-kernel-id"));
-        assert!(!leader_is(i32::MAX, "x"));
+async fn kill_group_of(launched: &Launched, pgid: i64, kernel_id: &str) {
+    if let Some(pgid) = i32::try_from(pgid).ok().filter(|p| *p > 1) {
+        launched.control.kill_group(pgid, kernel_id).await;
     }
 }

@@ -25,6 +25,9 @@ pub struct LaunchRequest {
     pub argv: Vec<String>,
     /// Environment added to the launcher's.
     pub env: BTreeMap<String, String>,
+    /// The launch secret, for the launcher's `KERNEL_LAUNCHER_SECRET`: in its environment,
+    /// never on a command line (over ssh it travels on the session's stdin).
+    pub secret: Option<String>,
     /// Where the launcher's output goes. `None`: into the gateway's own log through pipes,
     /// which ties the launcher to the gateway's lifetime (a dead reader means write errors);
     /// a file lets the kernel outlive a gateway restart.
@@ -172,6 +175,15 @@ pub trait Control: Send + Sync + fmt::Debug {
     /// Whether the launcher runs on this host (its reported pgid names a local process group).
     fn is_local(&self) -> bool {
         false
+    }
+
+    /// SIGKILL to the kernel's own process group `pgid` where the launcher runs, if its
+    /// leader is still that kernel (its environment names `kernel_id`), so a recycled pid is
+    /// never hit: what is left when a launcher died before its kernel. Nothing for a
+    /// container (it ends whole).
+    fn kill_group(&self, pgid: i32, kernel_id: &str) -> BoxFuture<'_, ()> {
+        let _ = (pgid, kernel_id);
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -13,6 +13,7 @@
 //! noticed within a second), comparing the process start time so that a recycled pid is
 //! never mistaken for the launcher, and treating a zombie as dead.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -39,6 +40,9 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct Local {
     /// Address kernels bind (passed as `KERNEL_LAUNCHER_IP`) and the gateway connects to.
     pub kernel_ip: IpAddr,
+    /// What launchers get of the gateway's environment (an allow-list, captured at start);
+    /// the rest of their environment is the kernelspec's and the request's.
+    pub base_env: BTreeMap<String, String>,
     /// Where the reapers and output readers run.
     pub tasks: Tasks,
 }
@@ -48,11 +52,16 @@ impl Provision for Local {
         let (program, args) = request.argv.split_first().ok_or(LaunchError::EmptyArgv)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .env("KERNEL_LAUNCHER_IP", self.kernel_ip.to_string())
+            .env_clear()
+            .envs(&self.base_env)
             .envs(&request.env)
+            .env("KERNEL_LAUNCHER_IP", self.kernel_ip.to_string())
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(secret) = &request.secret {
+            cmd.env("KERNEL_LAUNCHER_SECRET", secret);
+        }
         let log = match &request.log_file {
             Some(path) => {
                 let open = || {
@@ -236,6 +245,25 @@ impl Control for LocalControl {
     fn is_local(&self) -> bool {
         true
     }
+
+    fn kill_group(&self, pgid: i32, kernel_id: &str) -> BoxFuture<'_, ()> {
+        if pgid > 1 && leader_is(pgid, kernel_id) {
+            match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+                Ok(()) => tracing::info!(kernel_id, pgid, "killed the kernel's process group"),
+                Err(e) => tracing::debug!(kernel_id, pgid, "killpg: {e}"),
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Whether process `pid` carries `KERNEL_ID=<kernel_id>` in its environment.
+fn leader_is(pid: i32, kernel_id: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = format!("KERNEL_ID={kernel_id}");
+    env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
 }
 
 impl LocalControl {
@@ -258,6 +286,13 @@ impl LocalControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_leaders_are_recognised_by_their_kernel_id() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(!leader_is(me, "no-such-kernel-id"));
+        assert!(!leader_is(i32::MAX, "x"));
+    }
 
     #[test]
     fn start_time_of_this_process_and_of_no_process() {

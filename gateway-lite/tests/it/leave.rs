@@ -14,12 +14,13 @@ use tokio::io::AsyncWriteExt;
 use crate::support::{self, Gateway, Options, processes_of, wait_no_processes};
 
 /// Sends one request over a fresh connection and hangs up after `after`, unanswered.
-async fn hang_up(port: u16, method: &str, path: &str, body: &str, after: Duration) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn hang_up(gw: &Gateway, method: &str, path: &str, body: &str, after: Duration) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .unwrap();
+    let token = gw.token.as_deref().unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -82,16 +83,18 @@ async fn a_start_whose_client_leaves_is_abandoned() {
     // A launcher that would wait 120 s for nothing: only the client's leaving ends it early.
     let body =
         json!({"name": "silent", "env": {"KERNEL_MARK": value, "KERNEL_LAUNCH_TIMEOUT": "120"}});
-    let started = tokio::spawn({
-        let (port, body) = (gw.port, body.to_string());
-        async move { hang_up(port, "POST", "/api/kernels", &body, Duration::from_secs(2)).await }
-    });
-    eventually("the launcher running", async || {
-        let p = processes_with(&mark);
-        (!p.is_empty(), p)
-    })
-    .await;
-    started.await.unwrap();
+    let body = body.to_string();
+    let started = hang_up(&gw, "POST", "/api/kernels", &body, Duration::from_secs(2));
+    let started = async {
+        tokio::join!(started, async {
+            eventually("the launcher running", async || {
+                let p = processes_with(&mark);
+                (!p.is_empty(), p)
+            })
+            .await;
+        })
+    };
+    started.await;
     let left = eventually("the launcher gone", async || {
         let p = processes_with(&mark);
         (p.is_empty(), p)
@@ -121,7 +124,7 @@ async fn a_restart_whose_client_leaves_still_finishes() {
     let id = gw.start_kernel("py").await;
     let before = processes_of(&id);
     hang_up(
-        gw.port,
+        &gw,
         "POST",
         &format!("/api/kernels/{id}/restart"),
         "",
@@ -149,7 +152,7 @@ async fn a_delete_whose_client_leaves_still_stops_the_kernel() {
     let id = gw.start_kernel("py").await;
     assert!(!processes_of(&id).is_empty());
     hang_up(
-        gw.port,
+        &gw,
         "DELETE",
         &format!("/api/kernels/{id}"),
         "",

@@ -173,27 +173,34 @@ impl Gateway {
                     .unwrap(),
             );
         if let Some(t) = opts.token {
-            cmd.args(["--auth-token", t]);
+            // The environment, not the command line: `ps` shows arguments to every user.
+            cmd.env("GATEWAY_LITE_AUTH_TOKEN", t);
         }
         let mut child = cmd.spawn().expect("starting gateway-lite");
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        let port = line
-            .trim()
+        // "gateway-lite listening on http://127.0.0.1:PORT/[?token=T]": a gateway started
+        // without a token makes one and shows it here, once.
+        let url = line.trim().rsplit(' ').next().unwrap_or_default();
+        let (address, query) = url
+            .split_once("/?")
+            .unwrap_or((url.trim_end_matches('/'), ""));
+        let port = address
             .rsplit(':')
             .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
                 panic!(
                     "gateway did not print its address: {line:?}; log in {}",
                     dir.display()
                 )
             });
+        let printed = query.strip_prefix("token=").map(str::to_owned);
         Gateway {
             child,
             port,
-            token: opts.token.map(str::to_owned),
+            token: opts.token.map(str::to_owned).or(printed),
             dir,
             keep_dir: false,
         }

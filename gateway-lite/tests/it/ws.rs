@@ -597,7 +597,11 @@ fn peak_rss_kb(pid: i32) -> u64 {
 async fn a_client_that_never_reads_is_back_pressured() {
     const FLOOD_MB: usize = 256;
     const BOUND_MB: u64 = 200;
-    let gw = Gateway::start(Options::default());
+    // Each stream message is 1 MiB of text plus its JSON: under the message limit.
+    let gw = Gateway::start(Options {
+        max_message_bytes: 4 << 20,
+        ..Options::default()
+    });
     let id = gw.start_kernel("py").await;
     let pid = gateway_pid(&gw);
     let mut hog = gw.connect_as(&id, "hog", false).await;
@@ -646,6 +650,29 @@ async fn a_client_that_never_reads_is_back_pressured() {
     let out = hog.collect(&probe).await;
     assert_eq!(out.text, "'alive'", "{out:?}");
     eprintln!("gateway peak RSS {peak_mb} MB with a {FLOOD_MB} MiB flood");
+}
+
+/// A kernel message over `--max-message-bytes` is not passed on (nor held): the client sees
+/// a note on stderr in the cell that produced it, and the kernel carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kernel_message_over_the_limit_is_dropped_with_a_note() {
+    let gw = Gateway::start(Options {
+        max_message_bytes: 64 * 1024,
+        ..Options::default()
+    });
+    let id = gw.start_kernel("py").await;
+    let mut c = gw.connect(&id, false).await;
+    let out = c.execute("print('y' * 100_000); print('small')").await;
+    assert!(
+        out.text.contains("larger than --max-message-bytes (65536)"),
+        "{out:?}"
+    );
+    assert!(
+        !out.text.contains(&"y".repeat(1000)),
+        "the big message passed"
+    );
+    assert_eq!(c.execute("6*7").await.text, "42");
+    assert!(gw.log().contains("larger than --max-message-bytes"));
 }
 
 /// A client that connects right after the 201, to a kernel that binds its ports only after

@@ -23,7 +23,12 @@
 //! `EG_KERNEL_IMAGE` as the last). The container runs as `KERNEL_UID:KERNEL_GID` (EG's
 //! defaults 1000:100; 0 is refused, as EG's default `EG_PROHIBITED_UIDS`/`GIDS` do), is
 //! named `<prefix>-<kernel id>`, carries EG's labels (`kernel_id`, `component=kernel`,
-//! `app=gateway-lite`) plus `--docker-label`s, and joins `--docker-network`. The kernel is
+//! `app=gateway-lite`) plus `--docker-label`s, and joins `--docker-network` (or, with
+//! `--docker-network-per-user`, a network of its `KERNEL_USERNAME`'s own, so one user's
+//! kernels cannot reach another's). It runs with every capability dropped,
+//! `no-new-privileges` (a setuid binary in the image gains nothing) and, unless
+//! `--docker-writable-root`, a read-only root filesystem with a private `/tmp`. A request's
+//! `KERNEL_IMAGE` must be one of the `--docker-image`s. The kernel is
 //! reached at the container's address on that network, so the response address
 //! (`--response-ip`) must be an address containers can reach, e.g. the network's gateway
 //! address on this host.
@@ -167,11 +172,18 @@ impl Docker {
         request: LaunchRequest,
     ) -> Result<Launched, LaunchError> {
         let s = &*self.settings;
-        let image = request
+        let asked = request
             .env
             .get("KERNEL_IMAGE")
             .map(String::as_str)
-            .filter(|i| !i.is_empty())
+            .filter(|i| !i.is_empty());
+        if let Some(i) = asked.filter(|i| !s.allowed_images.iter().any(|a| a == i)) {
+            return Err(Self::fail(format!(
+                "KERNEL_IMAGE {i:?} is not an allowed image; the operator allows them with --docker-image (allowed: {:?})",
+                s.allowed_images
+            )));
+        }
+        let image = asked
             .or(spec_image)
             .or(s.image.as_deref())
             .ok_or_else(|| {
@@ -186,8 +198,9 @@ impl Docker {
                 "{image:?} is not a valid image reference"
             )));
         }
-        let body = request::container_body(s, &request, &image)?;
         let client = self.client().await?;
+        let network = self.network_for(&client, &request).await?;
+        let body = request::container_body(s, &request, &image, &network)?;
         let name = format!("{}-{}", s.name_prefix, request.kernel_id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = match client
@@ -210,33 +223,82 @@ impl Docker {
             self.remove(&client, &created.id).await;
             return Err(Self::fail(format!("starting container {name}: {e}")));
         }
-        tracing::info!(kernel_id = %request.kernel_id, container = %name, %image, network = %s.network, "container started");
+        tracing::info!(kernel_id = %request.kernel_id, container = %name, %image, %network, "container started");
         // The container may already have exited (a launcher that fails at once): then it has
         // no address, and the follower reports the exit with its log.
         let host = match self.inspect(&client, &created.id).await? {
-            Some(state) if state.running => match state.ip_on(&s.network) {
+            Some(state) if state.running => match state.ip_on(&network) {
                 Some(ip) => ip,
                 None => {
                     self.remove(&client, &created.id).await;
                     return Err(Self::fail(format!(
-                        "container {name} has no address on network {}",
-                        s.network
+                        "container {name} has no address on network {network}"
                     )));
                 }
             },
             _ => String::from("0.0.0.0"),
         };
-        Ok(self.follow(client, request.kernel_id, created.id, name, host, None))
+        Ok(self.follow(
+            client,
+            request.kernel_id,
+            created.id,
+            name,
+            network,
+            host,
+            None,
+        ))
+    }
+
+    /// The network of `request`'s container: `--docker-network`, or with
+    /// `--docker-network-per-user` its user's own (created the first time it is needed).
+    async fn network_for(
+        &self,
+        client: &bollard::Docker,
+        request: &LaunchRequest,
+    ) -> Result<String, LaunchError> {
+        let s = &*self.settings;
+        if !s.network_per_user {
+            return Ok(s.network.clone());
+        }
+        let user = request
+            .env
+            .get("KERNEL_USERNAME")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let name = request::user_network(&s.name_prefix, user);
+        let labels = HashMap::from([
+            ("app".to_owned(), "gateway-lite".to_owned()),
+            ("kernel_user".to_owned(), user.to_owned()),
+        ]);
+        let create = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        match client.create_network(create).await {
+            Ok(_) => {
+                tracing::info!(network = %name, user, "created the user's kernel network");
+                Ok(name)
+            }
+            // It exists already (409).
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(name),
+            Err(e) => Err(Self::fail(format!("creating network {name}: {e}"))),
+        }
     }
 
     /// Starts the follower of container `id` (log stream, then wait, then removal), and
     /// returns its [`Launched`].
+    #[allow(clippy::too_many_arguments)]
     fn follow(
         &self,
         client: bollard::Docker,
         kernel_id: String,
         id: String,
         name: String,
+        network: String,
         host: String,
         tail: Option<usize>,
     ) -> Launched {
@@ -268,7 +330,7 @@ impl Docker {
             host: host.clone(),
             placement: Placement::Docker {
                 container: name,
-                network: self.settings.network.clone(),
+                network,
                 host,
             },
         }
@@ -326,7 +388,7 @@ impl Provision for Docker {
         else {
             return Err(LaunchError::Unsupported("non-docker"));
         };
-        if network != &self.settings.network {
+        if network != &self.settings.network && !self.settings.network_per_user {
             tracing::warn!(kernel_id, %container, recorded = %network, configured = %self.settings.network, "the container was started on another network; following it there");
         }
         let client = self.client().await?;
@@ -353,6 +415,7 @@ impl Provision for Docker {
             kernel_id.to_owned(),
             state.id,
             container.clone(),
+            network.clone(),
             now,
             Some(REATTACH_TAIL),
         );

@@ -89,6 +89,7 @@ pub(super) fn container_body(
     settings: &DockerSettings,
     request: &LaunchRequest,
     image: &str,
+    network: &str,
 ) -> Result<ContainerCreateBody, LaunchError> {
     let args = GatewayArgs::parse(&request.argv);
     let response_address = args
@@ -116,6 +117,9 @@ pub(super) fn container_body(
     if let Some(v) = args.kernel_class {
         env.insert("KERNEL_CLASS_NAME".into(), v);
     }
+    if let Some(secret) = &request.secret {
+        env.insert("KERNEL_LAUNCHER_SECRET".into(), secret.clone());
+    }
     let mut pairs = Vec::with_capacity(env.len());
     for (k, v) in &env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -142,11 +146,40 @@ pub(super) fn container_body(
         }),
         labels: Some(labels),
         host_config: Some(HostConfig {
-            network_mode: Some(settings.network.clone()),
+            network_mode: Some(network.to_owned()),
+            // A kernel needs no capability; a setuid binary in the image gains none.
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(settings.read_only),
+            tmpfs: settings.read_only.then(|| {
+                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,mode=1777".to_owned())])
+            }),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()
     })
+}
+
+/// The network of `user`'s kernels: `<prefix>-user-<name>`, the name reduced to what Docker
+/// accepts (letters, digits, `_.-`; others become `-`), `anonymous` for no name.
+pub(super) fn user_network(prefix: &str, user: &str) -> String {
+    let clean: String = user
+        .chars()
+        .take(32)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = if clean.trim_matches('-').is_empty() {
+        "anonymous".to_owned()
+    } else {
+        clean
+    };
+    format!("{prefix}-user-{clean}")
 }
 
 /// `KERNEL_UID` / `KERNEL_GID`: a number, not 0 (EG refuses root by default).
@@ -236,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn user_networks_are_valid_names() {
+        assert_eq!(user_network("gl", "alice"), "gl-user-alice");
+        assert_eq!(user_network("gl", "bob smith"), "gl-user-bob-smith");
+        assert_eq!(user_network("gl", ""), "gl-user-anonymous");
+        assert_eq!(user_network("gl", "///"), "gl-user-anonymous");
+        assert!(crate::config::names::valid_name(&user_network(
+            "gl",
+            &"x".repeat(500)
+        )));
+    }
+
+    #[test]
     fn container_body_carries_the_contract() {
         let settings = DockerSettings {
             labels: vec![("team".into(), "data".into())],
@@ -259,9 +304,10 @@ mod tests {
                 ("KERNEL_USERNAME".to_owned(), "ada".to_owned()),
                 ("PATH".to_owned(), "/gateway/bin".to_owned()),
             ]),
+            secret: Some("x".repeat(64)),
             log_file: None,
         };
-        let body = container_body(&settings, &request, "img:1").unwrap();
+        let body = container_body(&settings, &request, "img:1", "kernels").unwrap();
         assert_eq!(body.image.as_deref(), Some("img:1"));
         assert_eq!(body.user.as_deref(), Some("1000:100"));
         let env = body.env.unwrap();
@@ -286,10 +332,10 @@ mod tests {
 
         let mut no_address = request.clone();
         no_address.argv = s(&["/kl", "--public-key", "PK"]);
-        assert!(container_body(&settings, &no_address, "img").is_err());
+        assert!(container_body(&settings, &no_address, "img", "n").is_err());
         let mut root = request;
         root.env.insert("KERNEL_UID".into(), "0".into());
-        let e = container_body(&settings, &root, "img").unwrap_err();
+        let e = container_body(&settings, &root, "img", "n").unwrap_err();
         assert!(e.to_string().contains("KERNEL_UID=0"), "{e}");
     }
 }

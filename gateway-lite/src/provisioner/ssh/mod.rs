@@ -210,8 +210,9 @@ impl Ssh {
             &address.to_string(),
             &env,
             &request.argv,
+            request.secret.is_some(),
         );
-        let child = self
+        let mut child = self
             .client
             .remote(&host, &script)
             .spawn()
@@ -219,6 +220,13 @@ impl Ssh {
                 program: self.client.settings.program.to_string_lossy().into_owned(),
                 source,
             })?;
+        if let (Some(secret), Some(stdin)) = (&request.secret, child.stdin.as_mut()) {
+            use tokio::io::AsyncWriteExt;
+            // The pipe takes one short line at once; a failure shows as the launch's own.
+            if let Err(e) = stdin.write_all(format!("{secret}\n").as_bytes()).await {
+                tracing::warn!(kernel_id = %request.kernel_id, %host, "could not hand the launch secret to ssh: {e}");
+            }
+        }
         tracing::info!(kernel_id = %request.kernel_id, %host, %address, argv = ?request.argv, log_file, "launcher starting over ssh");
         let at = Where {
             host,

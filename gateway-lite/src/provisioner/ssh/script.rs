@@ -49,14 +49,22 @@ echo "gateway-lite:exit $rc"
 tail -n 20 "$log"
 "#;
 
-/// Starts `argv` detached with `env` and watches it.
+/// Starts `argv` detached with `env` and watches it. With `secret`, the first line the
+/// script reads on its stdin is the launch secret, exported as `KERNEL_LAUNCHER_SECRET`:
+/// a secret in the script itself would show in `ps` on both hosts.
 pub(super) fn launch_script(
     log: &str,
     pid_file: &str,
     kernel_ip: &str,
     env: &[(String, String)],
     argv: &[String],
+    secret: bool,
 ) -> String {
+    let read_secret = if secret {
+        "IFS= read -r KERNEL_LAUNCHER_SECRET || exit 125; export KERNEL_LAUNCHER_SECRET\n"
+    } else {
+        ""
+    };
     let mut cmd = format!("env KERNEL_LAUNCHER_IP={}", quote(kernel_ip));
     for (k, v) in env {
         cmd.push(' ');
@@ -68,7 +76,7 @@ pub(super) fn launch_script(
         cmd.push_str(&quote(a));
     }
     format!(
-        "{PRELUDE}log={log}; pidf={pidf}\n\
+        "{PRELUDE}{read_secret}log={log}; pidf={pidf}\n\
          umask 077\n\
          mkdir -p {dir} 2>/dev/null\n\
          : >>\"$log\" || {{ echo \"cannot write the launcher log $log on $(hostname)\" >&2; exit 125; }}\n\
@@ -115,6 +123,15 @@ pub(super) fn signal_script(pid_file: &str, signal: Signal) -> String {
         "{PRELUDE}set -- $(cat {pidf} 2>/dev/null)\n\
          [ -n \"${{1:-}}\" ] && [ -n \"${{2:-}}\" ] && [ \"$(st \"$1\")\" = \"$2\" ] && kill -s {name} -- \"-$1\"\n",
         pidf = quote(pid_file),
+    )
+}
+
+/// SIGKILL to the process group `pgid` if its leader's environment names `kernel_id` (the
+/// kernel a dead launcher left behind; a recycled pid never matches).
+pub(super) fn kill_group_script(pgid: i32, kernel_id: &str) -> String {
+    format!(
+        "tr '\\0' '\\n' < /proc/{pgid}/environ 2>/dev/null | grep -qxF {want} && kill -s KILL -- -{pgid}\n",
+        want = quote(&format!("KERNEL_ID={kernel_id}")),
     )
 }
 
@@ -178,9 +195,25 @@ mod tests {
         let env = vec![("KERNEL_USERNAME".to_owned(), "o'brien x".to_owned())];
         let argv = vec!["/opt/kl".to_owned(), "--".to_owned(), "py thon".to_owned()];
         for script in [
-            launch_script("/tmp/a b.log", "/tmp/a b.pid", "10.0.0.2", &env, &argv),
+            launch_script(
+                "/tmp/a b.log",
+                "/tmp/a b.pid",
+                "10.0.0.2",
+                &env,
+                &argv,
+                true,
+            ),
+            launch_script(
+                "/tmp/a b.log",
+                "/tmp/a b.pid",
+                "10.0.0.2",
+                &env,
+                &argv,
+                false,
+            ),
             reattach_script("/tmp/x.log", "/tmp/x.pid"),
             signal_script("/tmp/x.pid", Signal::SIGTERM),
+            kill_group_script(123, "k-1"),
         ] {
             let st = std::process::Command::new("sh")
                 .args(["-n", "-c", &script])

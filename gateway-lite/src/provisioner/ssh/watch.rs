@@ -13,7 +13,7 @@ use tokio::process::Child;
 
 use super::client::Client;
 use super::down::{DOWN_FOR, Down};
-use super::script::{EXITED, GONE, STARTED, reattach_script, signal_script};
+use super::script::{EXITED, GONE, STARTED, kill_group_script, reattach_script, signal_script};
 use crate::provisioner::launched::{Control, ExitInfo};
 use crate::provisioner::output::{self, LogTail};
 use crate::tasks::Tasks;
@@ -173,6 +173,16 @@ impl Control for SshControl {
     fn signal(&self, signal: Signal) -> BoxFuture<'_, ()> {
         Box::pin(self.kill(signal))
     }
+
+    fn kill_group(&self, pgid: i32, kernel_id: &str) -> BoxFuture<'_, ()> {
+        let script = kill_group_script(pgid, kernel_id);
+        let kernel_id = kernel_id.to_owned();
+        Box::pin(async move {
+            if pgid > 1 && self.run(&script).await {
+                tracing::info!(kernel_id, host = %self.host, pgid, "killed the kernel's process group on its host");
+            }
+        })
+    }
 }
 
 impl SshControl {
@@ -181,9 +191,14 @@ impl SshControl {
         if self.exited.load(Ordering::SeqCst) {
             return;
         }
-        let mut cmd = self
-            .client
-            .remote(&self.host, &signal_script(&self.pid_file, signal));
+        if self.run(&signal_script(&self.pid_file, signal)).await {
+            tracing::debug!(host = %self.host, "remote {signal} sent");
+        }
+    }
+
+    /// Runs `script` on the host; whether it succeeded (failures are logged).
+    async fn run(&self, script: &str) -> bool {
+        let mut cmd = self.client.remote(&self.host, script);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -191,15 +206,24 @@ impl SshControl {
         let host = &self.host;
         let limit = self.client.settings.connect_timeout + Duration::from_secs(10);
         match tokio::time::timeout(limit, cmd.output()).await {
-            Ok(Ok(out)) if !out.status.success() => tracing::debug!(
-                %host,
-                "remote {signal} not delivered ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Ok(Ok(_)) => tracing::debug!(%host, "remote {signal} sent"),
-            Ok(Err(e)) => tracing::warn!(%host, "cannot run ssh for {signal}: {e}"),
-            Err(_) => tracing::warn!(%host, "remote {signal} timed out after {limit:?}"),
+            Ok(Ok(out)) if out.status.success() => true,
+            Ok(Ok(out)) => {
+                tracing::debug!(
+                    %host,
+                    "remote command did not apply ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%host, "cannot run ssh: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%host, "remote command timed out after {limit:?}");
+                false
+            }
         }
     }
 }
