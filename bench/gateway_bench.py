@@ -230,8 +230,10 @@ class Gateway:
     def all_logs(self) -> str:
         raise NotImplementedError
 
+    token: str | None = None
+
     def rest(self) -> JupyterRest:
-        return JupyterRest(self.base)
+        return JupyterRest(self.base, self.token)
 
     def stop(self) -> None:
         kill_tree(self.proc, grace=30)
@@ -241,8 +243,10 @@ class GatewayLite(Gateway):
     def __init__(self, binary: str, launcher: str, specs: Path, work: Path):
         self.label = "gateway-lite"
         self.log = work / "gateway-lite.log"
+        # A token, as every gateway-lite has one (through its environment, not its argv).
+        self.token = uuid.uuid4().hex
         env = dict(os.environ, GATEWAY_BENCH_RUN=MARKER, JUPYTER_PATH="", JUPYTER_DATA_DIR=str(work / "data"),
-                   JUPYTER_RUNTIME_DIR=str(work / "rt"))
+                   JUPYTER_RUNTIME_DIR=str(work / "rt"), GATEWAY_LITE_AUTH_TOKEN=self.token)
         self.proc = subprocess.Popen(
             [binary, "--port", "0", "--kernelspec-dir", str(specs), "--launcher", launcher,
              "--default-kernel-name", SPEC],
@@ -251,8 +255,8 @@ class GatewayLite(Gateway):
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             raise RuntimeError(f"gateway-lite did not start: {line!r}\n{self.log.read_text()[-3000:]}")
-        self.base = line.split("listening on", 1)[1].strip().rstrip("/")
-        wait_http_ok(f"{self.base}/api", self.proc, 60)
+        self.base = line.split("listening on", 1)[1].strip().partition("/?")[0].rstrip("/")
+        wait_http_ok(f"{self.base}/api", self.proc, 60, token=self.token)
 
     def delivered(self, kid: str) -> float | None:
         return delivered_times(self.all_logs()).get(kid)
@@ -299,7 +303,8 @@ class EnterpriseGateway(Gateway):
 def start(rest: JupyterRest) -> tuple[str, float, float]:
     """POST; returns (kernel id, monotonic seconds to 201, epoch time of the 201)."""
     t0 = time.monotonic()
-    r = requests.post(f"{rest.base_url}/api/kernels", json={"name": SPEC, "env": KENV}, timeout=HTTP_TIMEOUT)
+    r = requests.post(f"{rest.base_url}/api/kernels", json={"name": SPEC, "env": KENV}, headers=rest.headers,
+                      timeout=HTTP_TIMEOUT)
     t1, wall = time.monotonic(), time.time()
     if r.status_code != 201:
         raise RuntimeError(f"POST /api/kernels: HTTP {r.status_code}: {r.text[:2000]}")
@@ -437,7 +442,7 @@ def zmq_executes(info: dict) -> dict:
 
 def listed_ids(rest: JupyterRest) -> set[str]:
     try:
-        r = requests.get(f"{rest.base_url}/api/kernels", timeout=30)
+        r = requests.get(f"{rest.base_url}/api/kernels", headers=rest.headers, timeout=30)
         if r.status_code == 200:
             return {k["id"] for k in r.json()}
         log(f"GET /api/kernels: HTTP {r.status_code}: {r.text[:300]}")
@@ -448,7 +453,7 @@ def listed_ids(rest: JupyterRest) -> set[str]:
 
 def still_there(rest: JupyterRest, kid: str) -> bool:
     try:
-        return requests.get(f"{rest.base_url}/api/kernels/{kid}", timeout=30).status_code != 404
+        return requests.get(f"{rest.base_url}/api/kernels/{kid}", headers=rest.headers, timeout=30).status_code != 404
     except Exception:  # noqa: BLE001 - a gateway that does not answer has not shown the kernel is gone
         return True
 
@@ -478,7 +483,8 @@ def storm(gw: Gateway, n: int, rss_after: bool) -> dict:
     def post(_):
         barrier.wait()
         try:
-            r = requests.post(f"{rest.base_url}/api/kernels", json={"name": SPEC, "env": KENV}, timeout=HTTP_TIMEOUT)
+            r = requests.post(f"{rest.base_url}/api/kernels", json={"name": SPEC, "env": KENV}, headers=rest.headers,
+                      timeout=HTTP_TIMEOUT)
             return (r.status_code, r.json().get("id") if r.status_code == 201 else r.text[:300], time.monotonic())
         except Exception as e:  # noqa: BLE001 - a failure to count, not to raise
             return (None, repr(e)[:300], time.monotonic())
@@ -523,7 +529,9 @@ def storm(gw: Gateway, n: int, rss_after: bool) -> dict:
     ids = sorted(set(ok) | listed_ids(rest))
     procs = set().union(*procs_by_kernel(set(ids)).values()) if ids else set()
     t0 = time.monotonic()
-    statuses = parallel(lambda k: requests.delete(f"{rest.base_url}/api/kernels/{k}", timeout=120).status_code, ids)
+    statuses = parallel(
+        lambda k: requests.delete(f"{rest.base_url}/api/kernels/{k}", headers=rest.headers, timeout=120).status_code,
+        ids)
     out["delete_s"] = time.monotonic() - t0
     out["delete_failures"] = sum(1 for s in statuses if s != 204)
     left = wait_gone(procs, timeout=30)

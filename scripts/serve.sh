@@ -26,21 +26,26 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Two tokens, passed through environments (never command lines, which every local user can
+# read): the gateway's, which JupyterLab's gateway client presents, and JupyterLab's own.
+gw_token="$("$KL_PY_LAB" -c 'import secrets; print(secrets.token_hex(32))')"
+token="$("$KL_PY_LAB" -c 'import secrets; print(secrets.token_hex(16))')"
 # The embedded python3 kernelspec runs `python3 -m ipykernel_launcher`: put the kernel venv first.
-PATH="$(dirname "$KL_PY_KERNEL"):$PATH" \
+PATH="$(dirname "$KL_PY_KERNEL"):$PATH" GATEWAY_LITE_AUTH_TOKEN="$gw_token" \
     "$root/target/release/gateway-lite" --ip 127.0.0.1 --port "$gw_port" \
     --launcher "$root/target/release/kernel-launcher" --no-state-dir \
     >"$work/gateway.out" 2>"$work/gateway.log" &
 pids+=("$!")
-token="$("$KL_PY_LAB" -c 'import secrets; print(secrets.token_hex(16))')"
 mkdir -p "$work/notebooks"
-"$(dirname "$KL_PY_LAB")/jupyter-lab" --no-browser --ip 127.0.0.1 --port "$lab_port" \
-    --ServerApp.token="$token" --ServerApp.root_dir="$work/notebooks" \
+JUPYTER_TOKEN="$token" JUPYTER_GATEWAY_AUTH_TOKEN="$gw_token" \
+    "$(dirname "$KL_PY_LAB")/jupyter-lab" --no-browser --ip 127.0.0.1 --port "$lab_port" \
+    --ServerApp.root_dir="$work/notebooks" \
     --gateway-url "http://127.0.0.1:$gw_port" --allow-root \
     >"$work/lab.log" 2>&1 &
 pids+=("$!")
 
-if ! "$KL_PY_LAB" scripts/serve_check.py "http://127.0.0.1:$gw_port" "http://127.0.0.1:$lab_port" "$token"; then
+if ! GATEWAY_TOKEN="$gw_token" LAB_TOKEN="$token" "$KL_PY_LAB" scripts/serve_check.py \
+    "http://127.0.0.1:$gw_port" "http://127.0.0.1:$lab_port"; then
     echo "--- gateway-lite log"; tail -n 40 "$work/gateway.log"
     echo "--- JupyterLab log"; tail -n 40 "$work/lab.log"
     exit 1

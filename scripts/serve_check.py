@@ -3,6 +3,7 @@ through JupyterLab's Jupyter Server exactly as the browser uses it (REST session
 WebSocket). Prints each step; exits non-zero on the first failure."""
 
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -10,7 +11,9 @@ import uuid
 
 import websocket  # websocket-client
 
-GW, LAB, TOKEN = sys.argv[1], sys.argv[2], sys.argv[3]
+GW, LAB = sys.argv[1], sys.argv[2]
+# Tokens come in the environment: a command line is readable by every local user.
+TOKEN, GW_TOKEN = os.environ["LAB_TOKEN"], os.environ["GATEWAY_TOKEN"]
 
 
 def call(base, method, path, body=None, token=None):
@@ -78,8 +81,8 @@ class Kernel:
         return "".join(out).strip(), error
 
 
-wait_up(GW, "/api", what="gateway-lite")
-_, specs = call(GW, "GET", "/api/kernelspecs")
+wait_up(GW, "/api", token=GW_TOKEN, what="gateway-lite")
+_, specs = call(GW, "GET", "/api/kernelspecs", token=GW_TOKEN)
 step(f"gateway-lite is up; kernelspecs {sorted(specs['kernelspecs'])}, default {specs['default']}")
 wait_up(LAB, "/api/status", token=TOKEN, what="JupyterLab")
 step("JupyterLab is up with --gateway-url at gateway-lite")
@@ -88,7 +91,7 @@ status, session = call(LAB, "POST", "/api/sessions", {"path": "demo.ipynb", "typ
                                                      "kernel": {"name": "python3"}}, token=TOKEN)
 kid = session["kernel"]["id"]
 step(f"session created through Jupyter Server in {1000 * (time.monotonic() - t0):.0f} ms: kernel {kid}")
-_, listed = call(GW, "GET", "/api/kernels")
+_, listed = call(GW, "GET", "/api/kernels", token=GW_TOKEN)
 assert kid in [k["id"] for k in listed], f"kernel {kid} is not on gateway-lite: {listed}"
 step("gateway-lite lists the kernel")
 k = Kernel(kid)
@@ -110,7 +113,7 @@ step("interrupt -> KeyboardInterrupt")
 k.ws.close()
 call(LAB, "DELETE", f"/api/sessions/{session['id']}", token=TOKEN)
 deadline = time.monotonic() + 60
-while kid in [x["id"] for x in call(GW, "GET", "/api/kernels")[1]]:
+while kid in [x["id"] for x in call(GW, "GET", "/api/kernels", token=GW_TOKEN)[1]]:
     assert time.monotonic() < deadline, "kernel still listed after the session was deleted"
     time.sleep(0.2)
 step("session deleted -> kernel gone from gateway-lite")

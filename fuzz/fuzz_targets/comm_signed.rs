@@ -1,4 +1,5 @@
-//! Feeds raw bytes to `signed::verify`, the launcher's check of signed comm-port requests.
+//! Feeds raw bytes to `signed::verify`, the launcher's check of signed comm-port requests,
+//! and to `signed::open_payload`, the gateway's reading of a sealed launch payload.
 //!
 //! The first byte picks the secret's length (so the fuzzer can reach a valid signature
 //! with a short, fixed secret); the rest is the request. Checked: nothing panics; a request
@@ -14,6 +15,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let secret = &b"0123456789abcdef"[..usize::from(n) % 17];
+    // The same bytes as a sealed launch payload: parse, and check a found seal.
+    if let Some((tag, body)) = signed::open_payload(rest) {
+        let _ = signed::payload_sealed_with(secret, body, &tag);
+    }
     let Ok(v) = signed::verify(rest, secret) else {
         return;
     };

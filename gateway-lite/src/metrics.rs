@@ -27,6 +27,8 @@ pub struct Gauges {
     pub reservations: u64,
     /// Tasks the gateway runs (tracked).
     pub tasks: u64,
+    /// Launch payloads refused, by reason (a counter kept by the response listener).
+    pub payloads_refused: Vec<(&'static str, u64)>,
 }
 
 /// Every counter of the gateway.
@@ -126,6 +128,18 @@ impl Metrics {
             "Background tasks of the gateway (kernel owners, monitors, WebSocket relays, ...).",
         );
         let _ = writeln!(out, "gateway_lite_tasks {}", gauges.tasks);
+        head(
+            &mut out,
+            "gateway_lite_payloads_refused_total",
+            "counter",
+            "Launch payloads refused, by reason (unreadable, unexpected kernel id, wrong secret, address or ports, too many open).",
+        );
+        for (reason, n) in &gauges.payloads_refused {
+            let _ = writeln!(
+                out,
+                "gateway_lite_payloads_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         head(
             &mut out,
             "gateway_lite_kernel_starts_total",

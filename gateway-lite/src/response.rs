@@ -12,9 +12,14 @@
 //! `kernel-launcher` therefore gets a fresh secret in its environment, and the wait for its
 //! payload accepts only a report that returns that secret (compared in constant time); any
 //! other report for the id is refused, counted and logged, and the wait goes on, so a flood
-//! of forged payloads cannot take a launch's place. Launches of other launchers (Enterprise
-//! Gateway's own scripts) wait without a secret, as EG does. Where the payload came from is
-//! handed on with it, for the launch to check against where it started the launcher.
+//! of forged payloads cannot take a launch's place. Such a launcher also seals its payload
+//! with the secret (`protocol::signed::seal_payload`): the seal is checked against the
+//! pending launches' secrets before anything is decrypted, so forged payloads cost a hash
+//! each, not an RSA operation, and cannot crowd out a real one. Launches of other launchers
+//! (Enterprise Gateway's own scripts) wait without a secret, as EG does: unsealed payloads
+//! are decrypted only while such a launch is pending, [`PLAIN_DECRYPTS`] at a time. Where the
+//! payload came from is handed on with it, for the launch to check against where it started
+//! the launcher.
 //!
 //! **Bounded.** Connections are accepted at once and each must deliver its first byte within
 //! [`FIRST_BYTE`] and all of it within [`READ_TIMEOUT`] (at most
@@ -29,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::payload::{self, LaunchReport, PrivateKey};
+use protocol::signed;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -43,6 +49,9 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_PER_PEER: usize = 2048;
 /// Connections read at the same time, in all.
 pub const MAX_OPEN: usize = 8192;
+/// Unsealed payloads decrypted at the same time (only launches of other launchers get
+/// them); more wait, up to [`READ_TIMEOUT`].
+pub const PLAIN_DECRYPTS: usize = 2;
 
 /// A decrypted report that passed the checks of its wait, and where it came from.
 #[derive(Debug)]
@@ -148,6 +157,7 @@ impl ResponseListener {
             waiters: waiters.clone(),
             refusals: refusals.clone(),
             tasks: tasks.clone(),
+            plain: Semaphore::new(PLAIN_DECRYPTS),
         });
         tasks.spawn_until_stopped(accept_loop(listener, ctx, tasks.clone()));
         tracing::info!(%addr, "response listener ready");
@@ -200,6 +210,8 @@ struct Reader {
     waiters: Waiters,
     refusals: Arc<Refusals>,
     tasks: Tasks,
+    /// Decryptions of unsealed payloads under way.
+    plain: Semaphore,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Reader>, tasks: Tasks) {
@@ -328,19 +340,49 @@ async fn handle(
         tracing::debug!(%peer, "empty connection on the response port ignored");
         return Ok(());
     }
-    let reader = ctx.clone();
-    let report = ctx
-        .tasks
-        .spawn_blocking(move || {
-            let inner = payload::decrypt(&reader.key, &buf)?;
-            LaunchReport::from_json(&inner)
-        })
-        .await
-        .map_err(|_| ResponseError::Join)??;
+    let (report, sealed_for) = match signed::open_payload(&buf) {
+        Some((tag, body)) => {
+            // Whose launch sealed it? A hash per pending launch, no decryption yet.
+            let owner = {
+                let waiters = ctx.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                waiters.iter().find_map(|(id, w)| {
+                    let secret = w.secret.as_deref()?;
+                    signed::payload_sealed_with(secret.as_bytes(), body, &tag).then(|| id.clone())
+                })
+            };
+            let Some(owner) = owner else {
+                return Err(ResponseError::Secret(
+                    "(sealed by no pending launch)".into(),
+                ));
+            };
+            (decrypt(ctx, body.to_vec()).await?, Some(owner))
+        }
+        None => {
+            let any_plain = ctx
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|w| w.secret.is_none());
+            if !any_plain {
+                return Err(ResponseError::Secret(
+                    "(unsealed, and every pending launch has a secret)".into(),
+                ));
+            }
+            let _slot = tokio::time::timeout(READ_TIMEOUT, ctx.plain.acquire())
+                .await
+                .map_err(|_| ResponseError::Timeout(READ_TIMEOUT))?
+                .map_err(|_| ResponseError::Join)?;
+            (decrypt(ctx, buf).await?, None)
+        }
+    };
     let mut waiters = ctx.waiters.lock().unwrap_or_else(|p| p.into_inner());
     let Some(waiter) = waiters.get(&report.kernel_id) else {
         return Err(ResponseError::Unexpected(report.kernel_id));
     };
+    if sealed_for.as_ref().is_some_and(|o| *o != report.kernel_id) {
+        return Err(ResponseError::Secret(report.kernel_id));
+    }
     if let Some(secret) = &waiter.secret {
         let given = report.launch_secret.as_deref().unwrap_or_default();
         if !same(given.as_bytes(), secret.as_bytes()) {
@@ -357,6 +399,19 @@ async fn handle(
         .tx
         .send(Delivery { report, peer })
         .map_err(|_| ResponseError::Unexpected(id))
+}
+
+/// Decrypts a payload (RSA, off the runtime's workers) and reads its report.
+async fn decrypt(ctx: &Arc<Reader>, bytes: Vec<u8>) -> Result<LaunchReport, ResponseError> {
+    let reader = ctx.clone();
+    ctx.tasks
+        .spawn_blocking(move || {
+            let inner = payload::decrypt(&reader.key, &bytes)?;
+            LaunchReport::from_json(&inner)
+        })
+        .await
+        .map_err(|_| ResponseError::Join)?
+        .map_err(ResponseError::Payload)
 }
 
 #[cfg(test)]

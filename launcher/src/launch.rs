@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use nix::unistd::getpid;
 use protocol::connection::ConnectionInfo;
 use protocol::payload::{self, LaunchReport};
+use protocol::signed;
 
 use crate::comm::CommPort;
 use crate::config::{BindAddress, Config};
@@ -183,13 +184,18 @@ pub fn run(config: Config) -> i32 {
         };
         match payload::encrypt(key, &report.to_json()) {
             Ok(payload) => {
+                // gateway-lite checks the seal before it decrypts anything.
+                let sealed = match &config.secret {
+                    Some(secret) => signed::seal_payload(secret.as_bytes(), payload.as_bytes()),
+                    None => payload.into_bytes(),
+                };
                 let tx = tx.clone();
                 let timeout = config.response_timeout;
                 let spawned = std::thread::Builder::new()
                     .name("report".into())
                     .spawn(move || {
                         let from = (!ip.is_unspecified()).then_some(ip);
-                        let result = report::deliver(&address, from, payload.as_bytes(), timeout);
+                        let result = report::deliver(&address, from, &sealed, timeout);
                         let _ = tx.send(Event::Reported(result));
                     });
                 if let Err(e) = spawned {

@@ -13,7 +13,7 @@ each pointed at one of these kernelspecs in gateway-lite's --kernelspec-dir:
   gl_py_eg_own  EG's own launcher (launch_ipykernel.py from the sdist), as EG ships it
   gl_ir_plain   plain local IRkernel spec (wrapped by gateway-lite)
   gl_ir_eg      IRkernel under kernel-launcher with EG's options (what tests/eg runs against EG)
-The itests client sends no token, so this gateway runs without --auth-token.
+The itests client sends no token, so this gateway runs with --no-auth (it listens on loopback).
 
 Run:  scripts/setup-env.sh && source ~/.cache/kernel-launcher/env.sh &&
       cargo build -p launcher -p gateway-lite &&
@@ -53,7 +53,7 @@ def _specs(peers) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def gateway(peers, tmp_path_factory):
-    with run_gateway(peers, tmp_path_factory.mktemp("gl-itests"), _specs(peers), "gl_py_plain", token=None) as gw:
+    with run_gateway(peers, tmp_path_factory.mktemp("gl-itests"), _specs(peers), "gl_py_plain", token="") as gw:
         yield gw
 
 

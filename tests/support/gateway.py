@@ -140,26 +140,34 @@ class Gateway:
 
 @contextlib.contextmanager
 def run_gateway(peers: Peers, tmp: Path, specs: dict[str, dict], default: str, token: str | None):
-    """gateway-lite on 127.0.0.1:<free port> serving `specs` (and nothing from the Jupyter paths)."""
+    """gateway-lite on 127.0.0.1:<free port> serving `specs` (and nothing from the Jupyter paths).
+
+    `token`: given to the gateway (through its environment, never its command line); None
+    lets the gateway make one, read back from the URL it prints; "" runs it with --no-auth
+    (loopback only), for clients that send no token."""
     tmp.mkdir(parents=True, exist_ok=True)
     marker = f"gateway-lite-{uuid.uuid4().hex}"
     spec_dir = write_kernelspecs(tmp / "kernelspecs", specs)
     cmd = [peers.gateway, "--ip", "127.0.0.1", "--port", "0", "--kernelspec-dir", str(spec_dir),
            "--launcher", peers.launcher, "--default-kernel-name", default]
-    if token:
-        cmd += ["--auth-token", token]
+    if token == "":
+        cmd += ["--no-auth"]
     log_path = tmp / "gateway-lite.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     env = isolated_env(tmp, marker)
     env["GATEWAY_LITE_LOG"] = os.environ.get("GATEWAY_LITE_LOG", "info")
+    env.pop("GATEWAY_LITE_AUTH_TOKEN", None)
+    if token:
+        env["GATEWAY_LITE_AUTH_TOKEN"] = token
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env,
                             text=True, start_new_session=True)
     try:
-        line = proc.stdout.readline()  # "... listening on http://127.0.0.1:PORT"
+        line = proc.stdout.readline()  # "... listening on http://127.0.0.1:PORT/[?token=T]"
         if "listening on" not in line:
             pytest.fail(f"gateway-lite did not start: {line!r}\n{log_path.read_text()}", pytrace=False)
-        url = line.split("listening on", 1)[1].strip().rstrip("/")
-        gw = Gateway(url, token, proc, log_path)
+        url, _, query = line.split("listening on", 1)[1].strip().partition("/?")
+        printed = query.removeprefix("token=") if query.startswith("token=") else None
+        gw = Gateway(url.rstrip("/"), token or printed, proc, log_path)
         yield gw
     finally:
         kill_tree(proc, grace=20)  # SIGTERM: gateway-lite shuts its kernels down, then exits

@@ -319,6 +319,7 @@ impl Kernels {
             kept_bytes: self.ctx.registry.budget.used() as u64,
             reservations: self.ctx.registry.reservations() as u64,
             tasks: self.ctx.tasks.len() as u64,
+            payloads_refused: self.ctx.launcher.response.refusals().counts(),
             ..Gauges::default()
         };
         for k in &kernels {

@@ -7,6 +7,7 @@ mod policy;
 mod shape;
 mod ssh;
 mod support;
+mod trust;
 mod ws;
 
 use serde_json::{Value, json};

@@ -78,6 +78,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Reuse this directory (specs, log, state) instead of a new one.
     pub dir: Option<PathBuf>,
+    /// Extra variables in the gateway's environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             max_message_bytes: 1024 * 1024,
             args: Vec::new(),
             dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -172,6 +175,7 @@ impl Gateway {
                     .open(dir.join("gateway.log"))
                     .unwrap(),
             );
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(t) = opts.token {
             // The environment, not the command line: `ps` shows arguments to every user.
             cmd.env("GATEWAY_LITE_AUTH_TOKEN", t);
