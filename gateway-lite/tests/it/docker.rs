@@ -474,3 +474,91 @@ async fn docker_kernel_is_reattached_after_the_gateway_is_killed() {
     drop(second);
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_kernels_are_confined() {
+    let env = DockerEnv::new();
+    let prefix = format!("gl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let gw = env.gateway(&["--docker-name-prefix", &prefix, "--docker-network-per-user"]);
+    // No capability, no new privileges, a read-only root with a private /tmp.
+    let start =
+        |user: &str| json!({"name": "docker_py", "env": {"KERNEL_USERNAME": user}}).to_string();
+    let (status, alice) = gw.json("POST", "/api/kernels", Some(&start("alice"))).await;
+    assert_eq!(status, 201, "{alice}\n{}", gw.log());
+    let alice = alice["id"].as_str().unwrap().to_owned();
+    let c = env.container(&alice).expect("alice's container");
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["CapDrop"], json!(["ALL"]), "{hc}");
+    assert!(
+        hc["SecurityOpt"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|v| v == "no-new-privileges")),
+        "{hc}"
+    );
+    assert_eq!(hc["ReadonlyRootfs"], true, "{hc}");
+    let mut k = gw.connect(&alice, false).await;
+    let out = k
+        .execute("import os; open('/tmp/w', 'w').write('x'); print(os.access('/etc', os.W_OK), os.getuid())")
+        .await;
+    assert_eq!(out.text.trim(), "False 1000", "{out:?}");
+
+    // A request may only name an allowed image.
+    let body = json!({"name": "docker_py", "env": {"KERNEL_IMAGE": "busybox:latest"}}).to_string();
+    let (status, err) = gw.json("POST", "/api/kernels", Some(&body)).await;
+    assert_eq!(status, 500, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an allowed image"),
+        "{err}"
+    );
+
+    // Each user's kernels on their own network: alice's second kernel reaches her first,
+    // bob's does not.
+    let mut ids = Vec::new();
+    for user in ["alice", "bob"] {
+        let (status, m) = gw.json("POST", "/api/kernels", Some(&start(user))).await;
+        assert_eq!(status, 201, "{m}\n{}", gw.log());
+        ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    let (alice2, bob) = (ids[0].clone(), ids[1].clone());
+    let address = |id: &str| {
+        let c = env.container(id).unwrap();
+        c["NetworkSettings"]["Networks"]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(|n| n["IPAddress"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let target = address(&alice);
+    k.execute("import socket; s = socket.socket(); s.bind(('0.0.0.0', 12345)); s.listen(8)")
+        .await;
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('{target}', 12345), timeout=3).close(); print('reached')\nexcept OSError as e:\n    print('blocked')"
+    );
+    let mut k2 = gw.connect(&alice2, false).await;
+    assert_eq!(k2.execute(&probe).await.text.trim(), "reached", "same user");
+    let mut kb = gw.connect(&bob, false).await;
+    assert_eq!(
+        kb.execute(&probe).await.text.trim(),
+        "blocked",
+        "another user"
+    );
+    for id in [&alice, &alice2, &bob] {
+        let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+        assert_eq!(status, 204);
+    }
+    drop(gw);
+    let (_, nets, _) = docker(&[
+        "network",
+        "ls",
+        "--quiet",
+        "--filter",
+        &format!("name={prefix}-user-"),
+    ]);
+    for n in nets.lines().filter(|l| !l.is_empty()) {
+        let _ = docker(&["network", "rm", n]);
+    }
+}

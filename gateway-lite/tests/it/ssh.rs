@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::{Gateway, Options, WAIT, processes_of, python};
@@ -575,4 +576,65 @@ async fn ssh_kernels_survive_a_gateway_kill() {
     wait_gone(&id).await;
     let left = hosts.wait_empty().await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A remote launcher killed with SIGKILL cannot take its kernel down; the kernel, in its own
+/// process group, would run on as an orphan on the host. The gateway kills that group over
+/// ssh (checked by the kernel id in its environment) and restarts the kernel; and a kernel
+/// stopped cold (SIGSTOP) is still gone from its host after DELETE, since the gateway
+/// outwaits the launcher's own grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_kernels_leave_no_orphans_on_their_host() {
+    let hosts = Hosts::start();
+    let gw = Gateway::start(Options {
+        args: hosts.args(&[]),
+        ..Options::default()
+    });
+    let id = gw.start_kernel("dist").await;
+    let mut c = gw.connect(&id, false).await;
+    let out = c.execute("import os; print(os.getpid())").await;
+    let kernel: i32 = out.text.trim().parse().unwrap();
+    let launcher = processes_of(&id)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "kernel-launcher")
+        })
+        .expect("the remote launcher");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher), Signal::SIGKILL);
+    // The orphaned kernel goes, and a new one takes the id.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = processes_of(&id);
+        if !now.contains(&kernel) && now.len() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphaned kernel {kernel} still runs ({now:?})\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        gw.log()
+            .contains("killed the kernel's process group on its host"),
+        "{}",
+        gw.log()
+    );
+
+    // Stopped cold: no answer to shutdown_request, SIGTERM pending forever. DELETE still
+    // leaves nothing on the host.
+    let mut c = gw.connect(&id, false).await;
+    assert_eq!(c.execute("1").await.status, "ok");
+    c.send(
+        "shell",
+        "execute_request",
+        json!({"code": "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)", "silent": false}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    wait_gone(&id).await;
 }

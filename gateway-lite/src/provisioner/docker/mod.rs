@@ -76,6 +76,8 @@ pub struct Docker {
     /// Connected (and version-negotiated) at first use: a gateway without Docker kernelspecs
     /// never needs the socket.
     client: Arc<Mutex<Option<bollard::Docker>>>,
+    /// Held while a user's network is looked up and created.
+    networks: Arc<Mutex<()>>,
     tasks: Tasks,
 }
 
@@ -127,6 +129,7 @@ impl Docker {
         Docker {
             settings: Arc::new(settings),
             client: Arc::default(),
+            networks: Arc::default(),
             tasks,
         }
     }
@@ -266,6 +269,21 @@ impl Docker {
             .map(String::as_str)
             .unwrap_or_default();
         let name = request::user_network(&s.name_prefix, user);
+        // One at a time: the engine accepts two networks of one name, then refuses both.
+        let _one = self.networks.lock().await;
+        match client
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(name),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(Self::fail(format!("inspecting network {name}: {e}"))),
+        }
         let labels = HashMap::from([
             ("app".to_owned(), "gateway-lite".to_owned()),
             ("kernel_user".to_owned(), user.to_owned()),
@@ -281,10 +299,6 @@ impl Docker {
                 tracing::info!(network = %name, user, "created the user's kernel network");
                 Ok(name)
             }
-            // It exists already (409).
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(name),
             Err(e) => Err(Self::fail(format!("creating network {name}: {e}"))),
         }
     }
