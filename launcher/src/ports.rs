@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn bounded_range_is_respected_and_fully_used() {
         // Find a free window of exactly 6 ports, then reserve it twice.
-        let range = PortRange::parse("47010..47015", 0).unwrap();
+        let range = PortRange::parse("23010..23015", 0).unwrap();
         let r = reserve(LO, range, 2).unwrap();
         let k = r.kernel_ports();
         for p in [k.shell, k.iopub, k.stdin, k.control, k.hb, r.comm_port()] {
@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn tiny_range_is_refused() {
-        let range = PortRange::parse("47020..47022", 0).unwrap();
+        let range = PortRange::parse("23020..23022", 0).unwrap();
         assert!(matches!(
             reserve(LO, range, 5).unwrap_err(),
             PortError::RangeTooSmall { size: 3, .. }

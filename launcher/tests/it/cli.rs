@@ -108,7 +108,8 @@ fn unknown_language_without_argv() {
 #[test]
 fn exhausted_port_range_is_a_clear_error() {
     // Hold 3 ports of an 8-port range: only 5 remain, 6 are needed.
-    let base = 47_300u16;
+    // Below the kernel's ephemeral range (32768..), so no outgoing connection holds them.
+    let base = 23_300u16;
     let _held: Vec<_> = (base..base + 3)
         .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).expect("test ports free"))
         .collect();

@@ -197,8 +197,11 @@ fn with_a_secret_only_signed_requests_are_obeyed() {
             ),
         ]);
     let mut child = spawn_logged(&mut cmd, &dir);
-    let report = gw.receive();
+    let (sent, report) = gw.receive_raw();
     assert_eq!(report.launch_secret.as_deref(), Some(secret));
+    // Sealed with the secret, so a gateway can refuse forgeries before decrypting them.
+    let (tag, body) = signed::open_payload(&sent).expect("the payload is sealed");
+    assert!(signed::payload_sealed_with(secret.as_bytes(), body, &tag));
     let port = report.comm_port.unwrap();
     let pid = kernel_pid(&dir);
     eventually("the kernel wrote its environment", || {

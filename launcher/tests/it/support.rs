@@ -83,6 +83,13 @@ impl Gateway {
         open_payload(&self.key, &accept_payload(&self.listener))
     }
 
+    /// Waits for one payload and returns it as sent, and decrypted.
+    pub fn receive_raw(&self) -> (Vec<u8>, LaunchReport) {
+        let bytes = accept_payload(&self.listener);
+        let report = open_payload(&self.key, &bytes);
+        (bytes, report)
+    }
+
     /// True if a second payload arrives within `wait`.
     pub fn receives_again(&self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
