@@ -5,6 +5,7 @@ mod docker;
 mod leave;
 mod policy;
 mod shape;
+mod soak;
 mod ssh;
 mod support;
 mod trust;

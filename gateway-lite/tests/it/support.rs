@@ -220,6 +220,11 @@ impl Gateway {
         self.dir.clone()
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
@@ -231,12 +236,14 @@ impl Gateway {
         path: &str,
         body: Option<&str>,
     ) -> (u16, HashMap<String, String>, String) {
-        let auth = self
-            .token
+        self.raw(method, path, &self.auth_header(), body).await
+    }
+
+    fn auth_header(&self) -> String {
+        self.token
             .as_ref()
             .map(|t| format!("Authorization: token {t}\r\n"))
-            .unwrap_or_default();
-        self.raw(method, path, &auth, body).await
+            .unwrap_or_default()
     }
 
     pub async fn raw(
@@ -249,38 +256,87 @@ impl Gateway {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .unwrap();
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra_headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let req = request_text(method, path, extra_headers, body.unwrap_or(""), true);
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
             .await
             .expect("HTTP response in time")
             .unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let body = if headers
-            .get("transfer-encoding")
-            .is_some_and(|t| t == "chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
+        parse_response(&buf)
+    }
+
+    /// Sends a request and hangs up on it as `how` says, without waiting for the response.
+    /// Tells what came back: a response that had begun to arrive before the hang-up (then the
+    /// client stays to read it: it was too late to hang up), or one sent after a
+    /// [`Close::Shutdown`].
+    pub async fn hang_up(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        how: HangUp,
+    ) -> HungUp {
+        let body = body.unwrap_or("");
+        let req = request_text(
+            method,
+            path,
+            &self.auth_header(),
+            body,
+            how.connection_close,
+        );
+        // Short of the end: half of the body, or the blank line that ends the head.
+        let end = match (how.whole, body.len()) {
+            (true, _) => req.len(),
+            (false, 0) => req.len() - 2,
+            (false, n) => req.len() - n.div_ceil(2),
         };
-        (status, headers, body)
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        s.write_all(&req.as_bytes()[..end]).await.unwrap();
+        tokio::time::sleep(how.after).await;
+        let mut early = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = s.try_read(&mut chunk) {
+            early.extend_from_slice(&chunk[..n]);
+        }
+        if !early.is_empty() {
+            // The end of the write side ends a kept-alive connection after the response.
+            let _ = s.shutdown().await;
+            let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut early))
+                .await
+                .expect("rest of the HTTP response in time");
+            return HungUp {
+                before: Some(parse_response(&early)),
+                after: None,
+                waited: Duration::ZERO,
+            };
+        }
+        let hung_up = std::time::Instant::now();
+        let mut after = None;
+        match how.close {
+            Close::Fin => drop(s),
+            Close::Reset => {
+                s.set_zero_linger().unwrap();
+                drop(s);
+            }
+            Close::Shutdown => {
+                let _ = s.shutdown().await;
+                let mut late = Vec::new();
+                let read = tokio::time::timeout(WAIT, s.read_to_end(&mut late))
+                    .await
+                    .expect("the gateway answers or closes after a hang-up");
+                if read.is_ok() && !late.is_empty() {
+                    after = Some(parse_response(&late));
+                }
+            }
+        }
+        HungUp {
+            before: None,
+            after,
+            waited: hung_up.elapsed(),
+        }
     }
 
     pub async fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -311,8 +367,15 @@ impl Gateway {
     }
 
     pub async fn connect(&self, kernel_id: &str, v1: bool) -> KernelClient {
+        self.try_connect(kernel_id, v1)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Gateway::connect`], but a failed or late handshake is an error, not a panic.
+    pub async fn try_connect(&self, kernel_id: &str, v1: bool) -> Result<KernelClient, String> {
         let header_session = uuid::Uuid::new_v4().to_string();
-        self.open(kernel_id, "it", &header_session, v1).await
+        self.try_open(kernel_id, "it", &header_session, v1).await
     }
 
     /// Connects with `?session_id=<session>`; the client also uses `session` in its message
@@ -328,6 +391,18 @@ impl Gateway {
         header_session: &str,
         v1: bool,
     ) -> KernelClient {
+        self.try_open(kernel_id, session_id, header_session, v1)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_open(
+        &self,
+        kernel_id: &str,
+        session_id: &str,
+        header_session: &str,
+        v1: bool,
+    ) -> Result<KernelClient, String> {
         let url = format!(
             "ws://127.0.0.1:{}/api/kernels/{kernel_id}/channels?session_id={session_id}",
             self.port
@@ -345,8 +420,8 @@ impl Gateway {
         }
         let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
-            .expect("websocket connect in time")
-            .expect("websocket connect");
+            .map_err(|_| "websocket connect in time".to_owned())?
+            .map_err(|e| format!("websocket connect: {e}"))?;
         let chosen = resp
             .headers()
             .get("sec-websocket-protocol")
@@ -356,11 +431,11 @@ impl Gateway {
         } else {
             assert!(chosen.is_none());
         }
-        KernelClient {
+        Ok(KernelClient {
             ws,
             v1,
             session: header_session.to_owned(),
-        }
+        })
     }
 }
 
@@ -382,6 +457,85 @@ impl Drop for Gateway {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn request_text(
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+    body: &str,
+    connection_close: bool,
+) -> String {
+    let connection = if connection_close {
+        "Connection: close\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}{extra_headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Status, headers (lower-case names) and body of an HTTP response.
+fn parse_response(buf: &[u8]) -> (u16, HashMap<String, String>, String) {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, headers, body)
+}
+
+/// How a client hangs up on a request it sent ([`Gateway::hang_up`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HangUp {
+    /// Time between writing the request and hanging up.
+    pub after: Duration,
+    /// Send the whole request; else stop short of its end, so the gateway never has all of it.
+    pub whole: bool,
+    /// Send `Connection: close`, as urllib and tornado's simple HTTP client do; else the
+    /// connection is kept alive (HTTP/1.1's default, as browsers do).
+    pub connection_close: bool,
+    pub close: Close,
+}
+
+/// How the client side of a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// `close()`: a FIN.
+    Fin,
+    /// `close()` with `SO_LINGER` 0: an RST.
+    Reset,
+    /// `shutdown(SHUT_WR)`: a FIN, but the client still reads, so a response sent after the
+    /// hang-up is seen. Until it writes, the gateway cannot tell this from [`Close::Fin`].
+    Shutdown,
+}
+
+/// What came back on a request the client hung up on.
+#[derive(Debug)]
+pub struct HungUp {
+    /// A response that had begun to arrive before the hang-up (the client read it instead).
+    pub before: Option<(u16, HashMap<String, String>, String)>,
+    /// A response sent after a [`Close::Shutdown`].
+    pub after: Option<(u16, HashMap<String, String>, String)>,
+    /// From the hang-up to the end of the connection ([`Close::Shutdown`]).
+    pub waited: Duration,
 }
 
 fn dechunk(body: &str) -> String {
@@ -460,6 +614,18 @@ fn v1_decode(b: &[u8]) -> Msg {
 
 impl KernelClient {
     pub async fn send(&mut self, channel: &str, msg_type: &str, content: Value) -> String {
+        self.try_send(channel, msg_type, content)
+            .await
+            .expect("websocket send")
+    }
+
+    /// Like [`KernelClient::send`], but a closed socket is an error, not a panic.
+    pub async fn try_send(
+        &mut self,
+        channel: &str,
+        msg_type: &str,
+        content: Value,
+    ) -> Result<String, tokio_tungstenite::tungstenite::Error> {
         let id = uuid::Uuid::new_v4().to_string();
         let header = json!({"msg_id": id, "msg_type": msg_type, "username": "it", "session": self.session,
             "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"});
@@ -472,16 +638,12 @@ impl KernelClient {
             ];
             self.ws
                 .send(Message::Binary(v1_encode(channel, &parts).into()))
-                .await
-                .unwrap();
+                .await?;
         } else {
             let m = json!({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel});
-            self.ws
-                .send(Message::Text(m.to_string().into()))
-                .await
-                .unwrap();
+            self.ws.send(Message::Text(m.to_string().into())).await?;
         }
-        id
+        Ok(id)
     }
 
     /// The next kernel message, or `None` when the socket closed.
@@ -539,22 +701,37 @@ impl KernelClient {
 
     /// Runs `code`; returns (text of execute_result/stream output, error ename, reply status).
     pub async fn execute(&mut self, code: &str) -> Outcome {
+        self.try_execute(code)
+            .await
+            .expect("socket open while executing")
+    }
+
+    /// Like [`KernelClient::execute`], but `None` when the socket is or gets closed first.
+    pub async fn try_execute(&mut self, code: &str) -> Option<Outcome> {
         let id = self
-            .send(
+            .try_send(
                 "shell",
                 "execute_request",
                 json!({"code": code, "silent": false, "store_history": true,
             "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}),
             )
-            .await;
-        self.collect(&id).await
+            .await
+            .ok()?;
+        self.try_collect(&id).await
     }
 
     pub async fn collect(&mut self, id: &str) -> Outcome {
+        self.try_collect(id)
+            .await
+            .expect("socket open while executing")
+    }
+
+    /// Like [`KernelClient::collect`], but `None` when the socket closes first.
+    pub async fn try_collect(&mut self, id: &str) -> Option<Outcome> {
         let mut out = Outcome::default();
         let (mut replied, mut idle) = (false, false);
         while !(replied && idle) {
-            let m = self.recv().await.expect("socket open while executing");
+            let m = self.recv().await?;
             if m.parent_id() != id {
                 continue;
             }
@@ -574,7 +751,7 @@ impl KernelClient {
                 _ => {}
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -587,7 +764,11 @@ pub struct Outcome {
 
 /// Pids whose environment holds `KERNEL_ID=<id>` (the launcher and the kernel).
 pub fn processes_of(kernel_id: &str) -> Vec<i32> {
-    let needle = format!("KERNEL_ID={kernel_id}");
+    processes_with_env(&format!("KERNEL_ID={kernel_id}"))
+}
+
+/// Live (not zombie) pids whose environment holds the entry `needle` (`NAME=value`).
+pub fn processes_with_env(needle: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
