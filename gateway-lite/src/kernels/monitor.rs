@@ -19,8 +19,10 @@ use super::policy::ExecutionState;
 use crate::channels::{self, Channel, KernelEndpoints};
 use crate::tasks::Tasks;
 
-/// How long the readiness probe waits for `kernel_info_reply`.
+/// How long the readiness probe keeps asking for `kernel_info_reply`.
 const READY_WAIT: Duration = Duration::from_secs(60);
+/// How long one probe waits for its reply before it asks again.
+const PROBE_TRY: Duration = Duration::from_secs(5);
 /// Pause after an iopub receive error, so a broken socket cannot spin.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -47,19 +49,40 @@ pub(super) fn spawn(
     });
 }
 
+/// Asks the kernel for `kernel_info` until it answers (or [`READY_WAIT`] passes).
+///
+/// The payload arrives before the kernel has bound its ports, so the first connect can be
+/// refused outright; a probe that gave up then would leave the incarnation "not ready" for
+/// good, and every signal interrupt would wait the whole [`super::INTERRUPT_READY_WAIT`].
 async fn probe(kernel: Weak<Kernel>, ep: Arc<KernelEndpoints>) {
-    let r = channels::request(
-        &ep,
-        Channel::Shell,
-        "kernel_info_request",
-        json!({}),
-        READY_WAIT,
-    )
-    .await;
-    match (r, kernel.upgrade()) {
-        (Ok(_), Some(k)) => k.mark_ready(ep.generation),
-        (Err(e), _) => tracing::debug!("readiness probe: {e}"),
-        _ => {}
+    let give_up = tokio::time::Instant::now() + READY_WAIT;
+    loop {
+        channels::wait_listening(&ep).await;
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        let r = channels::request(
+            &ep,
+            Channel::Shell,
+            "kernel_info_request",
+            json!({}),
+            left.min(PROBE_TRY),
+        )
+        .await;
+        match r {
+            Ok(_) => {
+                if let Some(k) = kernel.upgrade() {
+                    k.mark_ready(ep.generation);
+                }
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() < give_up => {
+                tracing::debug!("readiness probe: {e}; asking again");
+                tokio::time::sleep(RECV_ERROR_PAUSE).await;
+            }
+            Err(e) => {
+                tracing::debug!("readiness probe gave up: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -93,6 +116,11 @@ async fn follow(kernel: Weak<Kernel>, ep: Arc<KernelEndpoints>) {
                 });
             if let Some(state) = state {
                 kernel.set_state(state);
+                // Busy or idle: the kernel has handled a request, so it is past its start-up
+                // (a client's own kernel_info may get there before the probe).
+                if state != ExecutionState::Starting {
+                    kernel.mark_ready(ep.generation);
+                }
             }
         }
     }

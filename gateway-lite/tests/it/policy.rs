@@ -360,3 +360,33 @@ async fn an_interrupt_right_after_the_start_does_not_kill_the_kernel() {
         interrupt.2
     );
 }
+
+/// A client that connects at once (as JupyterLab does) and interrupts its first long cell is
+/// answered at once. The readiness probe used to give up when the kernel's ports were not
+/// bound yet, and every signal interrupt of that kernel then waited its 30 s limit (in about
+/// half of fresh kernels); five kernels in a row make that visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupting_a_fresh_kernels_first_cell_is_not_held() {
+    let gw = Gateway::start(Options::default());
+    for _ in 0..5 {
+        let id = gw.start_kernel("py").await;
+        let mut c = gw.connect(&id, false).await;
+        assert_eq!(c.execute("1+1").await.text, "2");
+        let sleep = c.start_sleep().await;
+        let asked = std::time::Instant::now();
+        let (status, _, body) = gw
+            .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
+            .await;
+        let took = asked.elapsed();
+        assert_eq!(status, 204, "{body}");
+        assert_eq!(c.collect(&sleep).await.ename, "KeyboardInterrupt");
+        // Well under the 30 s a held interrupt waits; generous for a loaded machine.
+        assert!(
+            took < Duration::from_secs(15),
+            "interrupt took {took:?}\n{}",
+            gw.log()
+        );
+        let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+        assert_eq!(status, 204);
+    }
+}
