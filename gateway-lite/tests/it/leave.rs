@@ -208,7 +208,7 @@ async fn a_corrupt_state_file_is_kept_aside_and_lost_kernels_are_named() {
     std::fs::write(state.join("kernels.json"), b"{ this is not a state file").unwrap();
     let third = Gateway::start(Options {
         dir: Some(dir),
-        ..args(&[])
+        ..args(&["--shutdown-kernels-on-exit"])
     });
     let (status, list) = third.json("GET", "/api/kernels", None).await;
     assert_eq!((status, list), (200, json!([])));

@@ -334,7 +334,11 @@ fn listening(port: u16) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_strangers_comm_requests_leave_the_kernel_alive() {
     let state = std::env::temp_dir().join(format!("gl-state-{}", uuid::Uuid::new_v4()));
-    let gw = Gateway::start(opts(&["--state-dir", &state.to_string_lossy()]));
+    let gw = Gateway::start(opts(&[
+        "--state-dir",
+        &state.to_string_lossy(),
+        "--shutdown-kernels-on-exit",
+    ]));
     let id = gw.start_kernel("py").await;
     let recorded: Value =
         serde_json::from_slice(&std::fs::read(state.join("kernels.json")).unwrap()).unwrap();
@@ -430,4 +434,30 @@ async fn open_connections_are_capped() {
     let (status, _) = gw.json("GET", "/api", None).await;
     assert_eq!(status, 200);
     assert!(gw.log().contains("too many open connections"));
+}
+
+/// A client that never finishes its request headers does not hold its connection (and its
+/// place under the connection cap) for ever: it is closed after the header-read timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn unfinished_request_headers_are_cut_off() {
+    let gw = Gateway::start(Options::default());
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    slow.write_all(b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(90)))
+        .unwrap();
+    let asked = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // hyper answers 408 or just closes; either way the connection ends well before 90 s.
+    assert!(
+        n == 0 || text.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {text:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
 }
