@@ -383,14 +383,14 @@ struct Held {
 impl Held {
     /// Holds `m`, dropping the oldest while a bound is exceeded; whether any were dropped.
     fn push(&mut self, m: ClientMessage) -> bool {
-        self.bytes += message_bytes(&m.msg);
+        self.bytes += m.msg.byte_len();
         self.items.push_back(m);
         let mut dropped = false;
         while self.items.len() > HELD_MAX || self.bytes > HELD_MAX_BYTES {
             let Some(old) = self.items.pop_front() else {
                 break;
             };
-            self.bytes -= message_bytes(&old.msg);
+            self.bytes -= old.msg.byte_len();
             dropped = true;
         }
         dropped
@@ -415,19 +415,10 @@ impl Held {
     }
 }
 
-/// A message's size: its parts and buffers.
-fn message_bytes(m: &WireMessage) -> usize {
-    [&m.header, &m.parent_header, &m.metadata, &m.content]
-        .iter()
-        .map(|p| p.len())
-        .chain(m.buffers.iter().map(Vec::len))
-        .sum()
-}
-
 /// Queues one message for the client; false when the writer is gone. A message over
 /// `--max-message-bytes` is replaced by a note on stderr under the same parent.
 async fn forward(out: &Outbox, framing: Framing, channel: Channel, msg: &WireMessage) -> bool {
-    let size = message_bytes(msg);
+    let size = msg.byte_len();
     if size > out.max_message_bytes {
         tracing::warn!(
             channel = channel.as_str(),

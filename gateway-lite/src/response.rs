@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::payload::{self, LaunchReport, PrivateKey};
-use protocol::signed;
+use protocol::signed::{self, same};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -308,11 +308,6 @@ enum ResponseError {
     Secret(String),
 }
 
-/// Constant-time equality (lengths are not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -417,14 +412,6 @@ async fn decrypt(ctx: &Arc<Reader>, bytes: Vec<u8>) -> Result<LaunchReport, Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq() {
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"ab"));
-        assert!(!same(b"", b"x"));
-    }
 
     #[test]
     fn per_peer_and_total_limits() {

@@ -118,6 +118,12 @@ pub fn sign(request: &CommRequest, secret: &[u8], time: u64, nonce: &[u8; 16]) -
         .into_bytes()
 }
 
+/// Whether `a` and `b` are equal, in time that depends on their lengths only (for comparing
+/// secrets and tokens; lengths are not secret).
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What starts a sealed payload.
 pub const PAYLOAD_MARK: &[u8] = b"gateway-lite-auth:";
 
@@ -355,6 +361,14 @@ mod tests {
             assert_eq!(guard.admit(&v, 505), Ok(()));
         }
         assert!(guard.seen.len() <= MAX_NONCES);
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+        assert!(!same(b"", b"x"));
     }
 
     #[test]

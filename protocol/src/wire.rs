@@ -43,6 +43,22 @@ pub struct WireMessage {
     pub buffers: Vec<Vec<u8>>,
 }
 
+impl WireMessage {
+    /// Bytes of its four JSON parts and its buffers (what a relay holds for it).
+    pub fn byte_len(&self) -> usize {
+        [
+            &self.header,
+            &self.parent_header,
+            &self.metadata,
+            &self.content,
+        ]
+        .iter()
+        .map(|p| p.len())
+        .chain(self.buffers.iter().map(Vec::len))
+        .sum()
+    }
+}
+
 /// Why a wire message was rejected. Every variant is the fault of the peer that sent it (or
 /// of a peer that holds a different key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

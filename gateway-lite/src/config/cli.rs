@@ -246,13 +246,7 @@ mod tests {
 
     use super::*;
 
-    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
-        let exe = std::env::current_exe().unwrap();
-        let launcher = exe.to_string_lossy().into_owned();
-        let mut argv = vec!["gateway-lite", "--launcher", &launcher];
-        argv.extend_from_slice(extra);
-        Config::try_from_iter(argv, SearchEnv::default())
-    }
+    use crate::config::test_parse as parse;
 
     #[test]
     fn defaults() {

@@ -19,3 +19,13 @@ mod provisioning;
 mod settings;
 
 pub use settings::*;
+
+/// Parses `gateway-lite --launcher <this test binary> EXTRA...` (for the options' tests).
+#[cfg(test)]
+pub(crate) fn test_parse(extra: &[&str]) -> Result<Config, ConfigError> {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let launcher = exe.to_string_lossy().into_owned();
+    let mut argv = vec!["gateway-lite", "--launcher", &launcher];
+    argv.extend_from_slice(extra);
+    Config::try_from_iter(argv, SearchEnv::default())
+}

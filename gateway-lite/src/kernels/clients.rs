@@ -76,14 +76,6 @@ impl Drop for Backlog {
     }
 }
 
-fn size_of(msg: &WireMessage) -> usize {
-    [&msg.header, &msg.parent_header, &msg.metadata, &msg.content]
-        .iter()
-        .map(|p| p.len())
-        .chain(msg.buffers.iter().map(Vec::len))
-        .sum()
-}
-
 impl Backlog {
     /// An empty backlog drawing on `budget`.
     pub fn new(budget: Arc<KeptBudget>) -> Self {
@@ -97,7 +89,7 @@ impl Backlog {
 
     /// Keeps `msg`, dropping the oldest kept messages while a bound is exceeded.
     pub fn push(&mut self, kernel_id: &str, channel: Channel, msg: WireMessage) {
-        let size = size_of(&msg);
+        let size = msg.byte_len();
         self.bytes += size;
         self.budget.used.fetch_add(size, Ordering::Relaxed);
         self.items.push_back((channel, msg));
@@ -108,7 +100,7 @@ impl Backlog {
             let Some((_, old)) = self.items.pop_front() else {
                 break;
             };
-            let size = size_of(&old);
+            let size = old.byte_len();
             self.bytes -= size;
             self.budget.used.fetch_sub(size, Ordering::Relaxed);
             if self.dropped == 0 {
@@ -362,7 +354,7 @@ mod tests {
         assert!(b.bytes <= PARK_MAX_BYTES);
         assert_eq!(
             b.bytes,
-            b.items.iter().map(|(_, m)| size_of(m)).sum::<usize>()
+            b.items.iter().map(|(_, m)| m.byte_len()).sum::<usize>()
         );
         // One message larger than the whole budget is not kept either.
         b.push("k", Channel::Iopub, msg(&vec![b'y'; PARK_MAX_BYTES + 1]));
@@ -377,7 +369,7 @@ mod tests {
         for _ in 0..6 {
             a.push("a", Channel::Iopub, msg(&[b'a'; 100]));
         }
-        let each = size_of(&msg(&[b'a'; 100]));
+        let each = msg(&[b'a'; 100]).byte_len();
         assert_eq!(budget.used(), 6 * each);
         // b grows past the total: b's own oldest go, a keeps what it has.
         for _ in 0..6 {

@@ -9,45 +9,21 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
-use crate::support::{self, Gateway, Options, processes_of, wait_no_processes};
+use crate::support::{
+    self, Close, Gateway, HangUp, Options, processes_of, processes_with_env, wait_no_processes,
+};
 
-/// Sends one request over a fresh connection and hangs up after `after`, unanswered.
+/// Sends one whole request over a fresh connection and hangs up (FIN) after `after`.
 async fn hang_up(gw: &Gateway, method: &str, path: &str, body: &str, after: Duration) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-        .await
-        .unwrap();
-    let token = gw.token.as_deref().unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    tokio::time::sleep(after).await;
-    drop(s);
-}
-
-/// Pids whose environment holds `entry` (`NAME=value`), zombies excluded.
-fn processes_with(entry: &str) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+    let how = HangUp {
+        after,
+        whole: true,
+        connection_close: false,
+        close: Close::Fin,
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true);
-            !zombie && env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes())
-        })
-        .collect()
+    gw.hang_up(method, path, Some(body).filter(|b| !b.is_empty()), how)
+        .await;
 }
 
 /// Polls until `check` holds (bounded by WAIT); the last value seen otherwise.
@@ -88,7 +64,7 @@ async fn a_start_whose_client_leaves_is_abandoned() {
     let started = async {
         tokio::join!(started, async {
             eventually("the launcher running", async || {
-                let p = processes_with(&mark);
+                let p = processes_with_env(&mark);
                 (!p.is_empty(), p)
             })
             .await;
@@ -96,7 +72,7 @@ async fn a_start_whose_client_leaves_is_abandoned() {
     };
     started.await;
     let left = eventually("the launcher gone", async || {
-        let p = processes_with(&mark);
+        let p = processes_with_env(&mark);
         (p.is_empty(), p)
     })
     .await;
