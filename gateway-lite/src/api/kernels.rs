@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::wsframe::{Framing, V1_PROTOCOL};
 use serde_json::{Value, json};
 
+use super::delivery;
 use super::error::{ApiError, ApiResult};
 use super::request::{AppState, json_body, optional_str};
 use crate::bridge;
@@ -88,11 +89,12 @@ pub(super) async fn start_kernel(State(st): State<AppState>, body: Bytes) -> Api
     let name = optional_str(&body, "name")?.filter(|n| !n.is_empty());
     let kernel = st.kernels.start(name, body.get("env")).await?;
     let location = format!("/api/kernels/{}", kernel.id);
-    let mut resp = (StatusCode::CREATED, axum::Json(kernel.model())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(delivery::created(
+        &st.kernels,
+        &kernel.id,
+        &location,
+        &kernel.model(),
+    ))
 }
 
 pub(super) async fn get_kernel(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {

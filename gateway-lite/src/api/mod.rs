@@ -8,6 +8,7 @@
 //! unknown kernelspec name is 404, not 500. [`auth`] stands in front of every route.
 
 pub mod auth;
+mod delivery;
 pub mod error;
 mod kernels;
 mod request;

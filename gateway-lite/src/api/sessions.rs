@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::delivery;
 use super::error::{ApiError, ApiResult};
 use super::request::{AppState, json_body, optional_str};
 use crate::kernels::KernelError;
@@ -51,15 +52,15 @@ fn session_fields(body: &Value) -> Result<SessionFields, ApiError> {
 }
 
 /// The kernel a session body asks for: an existing `kernel.id`, or a new kernel of
-/// `kernel.name`.
-async fn session_kernel(st: &AppState, body: &Value) -> Result<String, ApiError> {
+/// `kernel.name`. The flag says whether the kernel is new.
+async fn session_kernel(st: &AppState, body: &Value) -> Result<(String, bool), ApiError> {
     let k = body.get("kernel").cloned().unwrap_or(json!({}));
     if let Some(id) = optional_str(&k, "id")? {
-        return Ok(st.kernels.get(id)?.id.clone());
+        return Ok((st.kernels.get(id)?.id.clone(), false));
     }
     let name = optional_str(&k, "name")?.filter(|n| !n.is_empty());
     let env = k.get("env").or_else(|| body.get("env"));
-    Ok(st.kernels.start(name, env).await?.id.clone())
+    Ok((st.kernels.start(name, env).await?.id.clone(), true))
 }
 
 pub(super) async fn create_session(State(st): State<AppState>, body: Bytes) -> ApiResult {
@@ -73,7 +74,7 @@ pub(super) async fn create_session(State(st): State<AppState>, body: Bytes) -> A
         )
             .into_response());
     }
-    let kernel_id = session_kernel(&st, &body).await?;
+    let (kernel_id, new_kernel) = session_kernel(&st, &body).await?;
     let session = Session {
         id: uuid::Uuid::new_v4().to_string(),
         name: name.unwrap_or_default(),
@@ -82,12 +83,19 @@ pub(super) async fn create_session(State(st): State<AppState>, body: Bytes) -> A
         kernel_id,
     };
     st.sessions.insert(session.clone());
-    let mut resp = (
-        StatusCode::CREATED,
-        axum::Json(session_model(&st, &session)),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/sessions/{}", session.id)) {
+    let location = format!("/api/sessions/{}", session.id);
+    let model = session_model(&st, &session);
+    if new_kernel {
+        // A session whose kernel is shut down is gone from the listing too.
+        return Ok(delivery::created(
+            &st.kernels,
+            &session.kernel_id,
+            &location,
+            &model,
+        ));
+    }
+    let mut resp = (StatusCode::CREATED, axum::Json(model)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
@@ -136,7 +144,7 @@ pub(super) async fn patch_session(
         };
         if changes {
             let old = s.kernel_id.clone();
-            s.kernel_id = session_kernel(&st, &body).await?;
+            s.kernel_id = session_kernel(&st, &body).await?.0;
             if old != s.kernel_id && st.kernels.get(&old).is_ok() {
                 st.kernels.shutdown(&old).await?;
             }
