@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{Gateway, Options, WAIT, processes_of, python};
+use crate::support::{self, Gateway, Options, WAIT, processes_of, python};
 
 const DPP: &str = "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy";
 
@@ -318,16 +318,12 @@ async fn model(gw: &Gateway, id: &str) -> Value {
 
 /// Lines of any process (launchers, watchers, ssh clients) mentioning `kernel_id`.
 fn mentions(kernel_id: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()) && *p != me)
+    let me = std::process::id() as i32;
+    support::pids()
+        .into_iter()
+        .filter(|p| *p != me)
         .filter_map(|p| {
-            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let cmd = support::cmdline(p);
             cmd.contains(kernel_id).then(|| format!("{p}: {cmd}"))
         })
         .collect()
@@ -616,12 +612,8 @@ async fn ssh_kernels_leave_no_orphans_on_their_host() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        gw.log()
-            .contains("killed the kernel's process group on its host"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log("killed the kernel's process group on its host")
+        .await;
 
     // Stopped cold: no answer to shutdown_request, SIGTERM pending forever. DELETE still
     // leaves nothing on the host.

@@ -23,12 +23,7 @@ fn opts(args: &[&str]) -> Options {
 fn launcher_argv(id: &str) -> Vec<String> {
     processes_of(id)
         .into_iter()
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|c| {
-            c.split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-        })
+        .map(support::argv)
         .find(|a| a.first().is_some_and(|p| p.ends_with("kernel-launcher")))
         .unwrap_or_else(|| panic!("no kernel-launcher process for {id}"))
 }
@@ -433,7 +428,7 @@ async fn open_connections_are_capped() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = gw.json("GET", "/api", None).await;
     assert_eq!(status, 200);
-    assert!(gw.log().contains("too many open connections"));
+    gw.wait_log("too many open connections").await;
 }
 
 /// A client that never finishes its request headers does not hold its connection (and its

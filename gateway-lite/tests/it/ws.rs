@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Gateway, KernelClient, Options, WAIT, v1_encode, wait_no_processes};
+use crate::support::{self, Gateway, KernelClient, Options, WAIT, v1_encode, wait_no_processes};
 
 /// Waits until the kernel model reports `n` connections (the gateway has finished with the
 /// closed ones, including keeping their messages).
@@ -569,30 +569,6 @@ async fn oversized_and_malformed_frames() {
     assert_eq!(other.execute("3+3").await.text, "6");
 }
 
-/// The gateway's pid: the process whose command line names this gateway's directory.
-fn gateway_pid(gw: &Gateway) -> i32 {
-    let dir = gw.dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("gateway-lite") && cmd.contains(&dir)
-        })
-        .expect("gateway process")
-}
-
-/// `VmHWM` (peak resident set) of `pid`, in kB.
-fn peak_rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_never_reads_is_back_pressured() {
     const FLOOD_MB: usize = 256;
@@ -603,7 +579,7 @@ async fn a_client_that_never_reads_is_back_pressured() {
         ..Options::default()
     });
     let id = gw.start_kernel("py").await;
-    let pid = gateway_pid(&gw);
+    let pid = gw.pid() as i32;
     let mut hog = gw.connect_as(&id, "hog", false).await;
     let mut reader = gw.connect_as(&id, "reader", true).await;
     assert_eq!(reader.execute("1").await.text, "1");
@@ -633,7 +609,7 @@ async fn a_client_that_never_reads_is_back_pressured() {
     }
     assert_eq!(bytes, FLOOD_MB << 20, "the reading client lost output");
     assert_eq!(reader.execute("2+3").await.text, "5");
-    let peak_mb = peak_rss_kb(pid) / 1024;
+    let peak_mb = support::status_kb(pid, "VmHWM").expect("VmHWM") / 1024;
     assert!(
         peak_mb < BOUND_MB,
         "gateway peak RSS {peak_mb} MB with a {FLOOD_MB} MB flood to a non-reading client"
@@ -672,7 +648,7 @@ async fn a_kernel_message_over_the_limit_is_dropped_with_a_note() {
         "the big message passed"
     );
     assert_eq!(c.execute("6*7").await.text, "42");
-    assert!(gw.log().contains("larger than --max-message-bytes"));
+    gw.wait_log("larger than --max-message-bytes").await;
 }
 
 /// A client that connects right after the 201, to a kernel that binds its ports only after
