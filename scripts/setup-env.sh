@@ -51,6 +51,9 @@ apt_packages+=(openssh-server openssh-client)
 # chromium: tests/gateway/test_jupyterlab.py drives JupyterLab in headless Debian chromium
 # through Debian's chromedriver (no browser can be downloaded from elsewhere).
 apt_packages+=(chromium chromium-driver)
+# systemd (systemd-analyze verify checks deploy/gateway-lite.service), file (scripts/dist.sh
+# checks its binaries are static), curl (tests of the gateway-lite image).
+apt_packages+=(systemd file curl)
 ensure_apt() {
     local missing=() p
     for p in "${apt_packages[@]}"; do

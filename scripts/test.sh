@@ -3,7 +3,8 @@
 #   1. environment: scripts/setup-env.sh (apt packages, pinned Python venvs under
 #      ~/.cache/kernel-launcher, EG's sdist) and scripts/setup-spark.sh (the pyspark venvs)
 #   2. format and lint: cargo fmt --check, cargo clippy -D warnings
-#   3. build: the static kernel-launcher (scripts/build-static.sh) and the debug one
+#   3. build: scripts/dist.sh (static kernel-launcher and gateway-lite, tarballs, images) and
+#      the debug binaries
 #   4. the Docker kernel image (images/python-kernel/build.sh, debootstrap rootfs cached)
 #   5. the Rust tests (cargo nextest): unit, property, launcher integration (real ipykernel,
 #      IRkernel, PID 1 under unshare), gateway-lite integration (real ipykernel; sshd in network
@@ -34,8 +35,9 @@ step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build"
-scripts/build-static.sh
+step "build (scripts/dist.sh: static binaries, release tarballs, the launcher and gateway-lite images)"
+scripts/dist.sh --out "$root/target/dist"
+export KL_DIST_DIR="$root/target/dist"
 cargo build --locked -p launcher
 export KL_STATIC_LAUNCHER="$root/target/x86_64-unknown-linux-gnu/release/kernel-launcher"
 export KL_BUSYBOX=/bin/busybox

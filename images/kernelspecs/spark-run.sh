@@ -14,7 +14,8 @@
 #
 # Environment (from the kernelspec's env block):
 #   SPARK_HOME        Spark distribution (required)
-#   KERNEL_LAUNCHER   path of kernel-launcher on the driver host (default: kernel-launcher on PATH)
+#   KERNEL_LAUNCHER   path of kernel-launcher on the driver host (default: kernel-launcher on PATH);
+#                     ./kernel-launcher/kernel-launcher when the spec ships it with --archives
 #   SPARK_OPTS        spark-submit options; ${KERNEL_ID} etc. are expanded here
 #   LAUNCH_OPTS       extra kernel-launcher options, e.g. --interpreter /opt/conda/bin/python
 #   EG_IMPERSONATION_ENABLED=True adds --proxy-user ${KERNEL_USERNAME}

@@ -119,6 +119,27 @@ def one(parsed: dict, opt: str) -> str:
     return values[0]
 
 
+def check_shipped_launcher(parsed: dict, spec_dir: Path, launcher: str, tmp: Path) -> None:
+    """`--archives ARCHIVE#kernel-launcher` names a tarball of this launcher; unpacked the way
+    YARN localizes an archive (FAKE: a directory named after the alias in the container's
+    working directory), the driver python path runs the launcher."""
+    archive, _, alias = one(parsed, "--archives").partition("#")
+    assert alias == "kernel-launcher" and Path(archive).parent == spec_dir / "bin", archive
+    container = tmp / "fake-yarn-container"
+    (container / alias).mkdir(parents=True)
+    subprocess.run(["tar", "-xzf", archive, "-C", str(container / alias)], check=True)
+    shipped = container / alias / "kernel-launcher"
+    assert shipped.read_bytes() == Path(launcher).read_bytes(), "the archive holds another binary"
+    r = subprocess.run(
+        [parsed["confs"]["spark.pyspark.driver.python"], "--version"],
+        cwd=container,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0 and "kernel-launcher" in (r.stdout + r.stderr), r
+
+
 @pytest.mark.parametrize("kind", ["yarn_cluster", "yarn_client"])
 def test_yarn_kernelspec_with_fake_spark_submit_matches_eg(kind, spark_kernelspecs, eg_sdist, launcher, venvs, tmp_path):
     """FAKE spark-submit: the installer's spark_python_<kind> kernelspec produces the spark-submit
@@ -155,10 +176,18 @@ def test_yarn_kernelspec_with_fake_spark_submit_matches_eg(kind, spark_kernelspe
         assert o["confs"].get(k) == v, f"conf {k}: ours {o['confs'].get(k)!r}, EG {v!r}"
     if kind == "yarn_cluster":
         assert o["confs"]["spark.yarn.submit.waitAppCompletion"] == "false"
-    # kernel-launcher is the driver's "python"; executors keep their own python.
-    assert o["confs"]["spark.pyspark.driver.python"] == launcher
-    assert "spark.pyspark.python" not in o["confs"] or o["confs"]["spark.pyspark.python"] != launcher
-    assert our_env.get("PYSPARK_PYTHON") != launcher and our_env.get("PYSPARK_DRIVER_PYTHON") != launcher
+    # kernel-launcher is the driver's "python"; executors keep their own python. In cluster
+    # mode it travels with the job (--archives) and runs from the container's directory.
+    driver = o["confs"]["spark.pyspark.driver.python"]
+    if kind == "yarn_cluster":
+        assert driver == "./kernel-launcher/kernel-launcher"
+        check_shipped_launcher(o, ours_dir, launcher, tmp_path)
+    else:
+        assert driver == launcher
+        assert "--archives" not in o["opts"]
+    for l in (launcher, driver):
+        assert "spark.pyspark.python" not in o["confs"] or o["confs"]["spark.pyspark.python"] != l
+        assert our_env.get("PYSPARK_PYTHON") != l and our_env.get("PYSPARK_DRIVER_PYTHON") != l
     # The primary resource exists (cluster mode uploads it) and is a .py file.
     primary = Path(o["primary"])
     assert primary.suffix == ".py" and primary.is_file(), o["primary"]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::support::{Gateway, Options, WAIT};
 
 /// Runs `docker ARGS`; returns (success, stdout, stderr).
-fn docker(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn docker(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -28,7 +28,7 @@ fn docker(args: &[&str]) -> (bool, String, String) {
 
 /// The kernel image: `$KL_KERNEL_IMAGE` (scripts/test.sh builds it first), else built (or
 /// found in the cache) by the image script.
-fn kernel_image() -> String {
+pub(crate) fn kernel_image() -> String {
     if let Ok(i) = std::env::var("KL_KERNEL_IMAGE")
         && !i.is_empty()
     {
@@ -56,7 +56,7 @@ fn kernel_image() -> String {
 
 /// A user-defined network with its own subnet (so `docker network connect --ip` works), a
 /// label for this test, and the image.
-struct DockerEnv {
+pub(crate) struct DockerEnv {
     label: String,
     network: String,
     gateway_ip: String,
@@ -65,12 +65,16 @@ struct DockerEnv {
 
 impl DockerEnv {
     fn new() -> DockerEnv {
+        Self::with_image(kernel_image())
+    }
+
+    /// [`Self::new`] with another kernel image.
+    pub(crate) fn with_image(image: String) -> DockerEnv {
         let (ok, _, err) = docker(&["info", "--format", "{{.ServerVersion}}"]);
         assert!(
             ok,
             "Docker is required for these tests but the daemon is not usable: {err}"
         );
-        let image = kernel_image();
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let label = format!("gateway-lite-test={tag}");
         let network = format!("gl-it-{}", &tag[..12]);
@@ -110,7 +114,7 @@ impl DockerEnv {
     }
 
     /// A gateway whose Docker kernels run on this network and report to its gateway address.
-    fn gateway(&self, extra: &[&str]) -> Gateway {
+    pub(crate) fn gateway(&self, extra: &[&str]) -> Gateway {
         self.gateway_in(None, extra)
     }
 
