@@ -3,6 +3,7 @@
 
 mod docker;
 mod leave;
+mod logs;
 mod policy;
 mod shape;
 mod soak;
