@@ -80,6 +80,15 @@ async fn access_log_has_every_request_and_never_the_token() {
         .to_owned();
     let c = gw.connect(&id, false).await;
     drop(c);
+    // A client that hangs up before its answer (a launch that never reports): 499.
+    let how = support::HangUp {
+        after: Duration::from_millis(300),
+        whole: true,
+        connection_close: false,
+        close: support::Close::Fin,
+    };
+    gw.hang_up("POST", "/api/kernels", Some(r#"{"name":"silent"}"#), how)
+        .await;
     let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
     assert_eq!(status, 204);
 
@@ -121,6 +130,7 @@ async fn access_log_has_every_request_and_never_the_token() {
         ],
     )
     .await;
+    access_line(&gw, &["method=POST", "path=\"/api/kernels\"", "status=499"]).await;
     let log = gw.log();
     assert!(
         !log.contains(TOKEN),
