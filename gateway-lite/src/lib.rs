@@ -7,6 +7,7 @@
 //! above it in this list, and from `protocol`):
 //!
 //! - [`config`]: command line and environment, parsed once into typed settings.
+//! - [`logging`]: the gateway's own log, as text or JSON lines.
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
 //! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
@@ -33,6 +34,7 @@ pub mod channels;
 pub mod config;
 pub mod kernels;
 pub mod kernelspecs;
+pub mod logging;
 pub mod metrics;
 pub mod provisioner;
 pub mod response;
@@ -58,7 +60,6 @@ use crate::provisioner::docker::Docker;
 use crate::provisioner::local::Local;
 use crate::provisioner::ssh::Ssh;
 use crate::response::ResponseListener;
-use crate::state::StateStore;
 use crate::tasks::Tasks;
 
 /// How long the gateway's exit waits for its tasks once they are told to stop.
@@ -89,17 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     raise_open_files_limit();
-    let state = match &config.state_dir {
-        Some(dir) => {
-            let store = StateStore::open(dir)?;
-            tracing::info!(state_dir = %dir.display(), "kernels are recorded for restarts");
-            Some(store)
-        }
-        None => {
-            tracing::info!("no state directory: kernels end with the gateway");
-            None
-        }
-    };
+    let state = state::open_configured(config.state_dir.as_deref(), config.state_dir_source)?;
+    let state_dir = state.as_ref().map(|s| s.dir().to_owned());
     let tasks = Tasks::new();
     let key = tasks
         .spawn_blocking(|| PrivateKey::generate(RSA_BITS))
@@ -148,6 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limits: config.limits,
         restart_limit: config.restart_limit,
         cull: config.cull,
+        log_retention: config.kernel_log_retention,
     };
     let kernels = Kernels::open(specs, launcher, rules, state, tasks.clone()).await;
     let state = api::AppState {
@@ -178,7 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             value,
             source: TokenSource::Generated,
         } => {
-            match token::write(value, config.state_dir.as_deref(), addr.port()) {
+            match token::write(value, state_dir.as_deref(), addr.port()) {
                 Ok(path) => tracing::info!(file = %path.display(), "generated token written"),
                 Err(e) => tracing::warn!("could not write the generated token to a file: {e}"),
             }

@@ -15,13 +15,10 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LITE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = gateway_lite::logging::init(config.log_format) {
+        eprintln!("gateway-lite: cannot set up logging: {e}");
+        std::process::exit(71);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

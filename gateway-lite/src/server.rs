@@ -18,12 +18,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
@@ -66,6 +68,8 @@ pub fn carried(method: &Method, path: &str) -> bool {
 struct Eager {
     router: Router,
     tasks: Tasks,
+    /// The connection's client, handed to the API as `ConnectInfo` (for the access log).
+    peer: Option<SocketAddr>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -76,7 +80,10 @@ impl hyper::service::Service<Request<Incoming>> for Eager {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
         let eager = carried(req.method(), req.uri().path());
         // A Router is always ready: its `poll_ready` does nothing.
         let answer = Service::call(&mut self.router.clone(), req);
@@ -104,6 +111,7 @@ pub async fn serve(listener: TcpListener, router: Router, tasks: Tasks, bounds: 
     let service = Eager {
         router,
         tasks: tasks.clone(),
+        peer: None,
     };
     let closing = tasks.closing().clone();
     let mut refused = 0u64;
@@ -132,8 +140,12 @@ pub async fn serve(listener: TcpListener, router: Router, tasks: Tasks, bounds: 
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(bounds.header_read_timeout);
+        let service = Eager {
+            peer: Some(peer),
+            ..service.clone()
+        };
         let conn = http
-            .serve_connection(TokioIo::new(tcp), service.clone())
+            .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let closing = closing.clone();
         tasks.spawn(async move {

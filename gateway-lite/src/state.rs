@@ -13,6 +13,9 @@
 //! An exclusive `flock` on `lock` keeps two gateways from sharing one directory, where each
 //! would overwrite the other's kernels. Launchers' log files live here too (`logs/<id>.log`),
 //! since a launcher that outlives the gateway cannot write into the gateway's pipes.
+//!
+//! Whether there is a state directory at all is decided here too ([`open_configured`]): a
+//! default the gateway cannot have is warned about with the fix, not silently dropped.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -25,6 +28,7 @@ use nix::fcntl::{Flock, FlockArg};
 use protocol::connection::ConnectionInfo;
 use serde::{Deserialize, Serialize};
 
+use crate::config::StateDirSource;
 use crate::provisioner::Placement;
 
 /// Format version of `kernels.json`; a file of another version is set aside, not misread.
@@ -153,9 +157,9 @@ impl StateStore {
         self.dir.join("kernels.json")
     }
 
-    /// Where launcher `kernel_id` writes its output.
-    pub fn log_file(&self, kernel_id: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{kernel_id}.log"))
+    /// The directory of launchers' log files ([`crate::kernels`] names and sweeps them).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
     }
 
     /// The recorded kernels; none when there is no file yet. An unreadable file is moved
@@ -223,6 +227,45 @@ impl StateStore {
     }
 }
 
+/// Opens the configured state directory, or says why there is none. The operator's own
+/// choices (`--no-state-dir`, `--port 0`) are logged at INFO; a default that cannot be had
+/// (no `HOME`, an unwritable one) at WARN with the fix, and the gateway goes on without
+/// one. A directory given with `--state-dir` must work: its failure is the error.
+pub fn open_configured(
+    dir: Option<&Path>,
+    source: StateDirSource,
+) -> Result<Option<StateStore>, StateError> {
+    const FIX: &str = "give one with --state-dir PATH (env GATEWAY_LITE_STATE_DIR; under systemd: StateDirectory=gateway-lite and Environment=GATEWAY_LITE_STATE_DIR=%S/gateway-lite), or pass --no-state-dir if this is intended";
+    const WITHOUT: &str = "kernels end with the gateway and their output goes to this log";
+    let Some(dir) = dir else {
+        match source {
+            StateDirSource::Off => {
+                tracing::info!("no state directory (--no-state-dir): kernels end with the gateway");
+            }
+            StateDirSource::PortZero => tracing::info!(
+                "no state directory with --port 0 (give --state-dir to have one): kernels end with the gateway"
+            ),
+            _ => tracing::warn!(
+                "no usable state directory: neither XDG_STATE_HOME nor HOME is set, so {WITHOUT}; {FIX}"
+            ),
+        }
+        return Ok(None);
+    };
+    match StateStore::open(dir) {
+        Ok(store) => {
+            tracing::info!(state_dir = %dir.display(), "kernels are recorded for restarts");
+            Ok(Some(store))
+        }
+        Err(e @ StateError::Io { .. }) if source == StateDirSource::Default => {
+            tracing::warn!(
+                "no usable state directory: the default one cannot be used ({e}), so {WITHOUT}; {FIX}"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +329,25 @@ mod tests {
         drop(first);
         StateStore::open(&dir).expect("free again once the first is gone");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unusable_default_is_no_error_but_a_given_directory_must_work() {
+        let file = temp_dir("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let below = file.join("state");
+        let none = open_configured(Some(&below), StateDirSource::Default).unwrap();
+        assert!(none.is_none(), "the gateway goes on without one");
+        let e = open_configured(Some(&below), StateDirSource::Given).unwrap_err();
+        assert!(matches!(e, StateError::Io { .. }), "{e}");
+        for source in [
+            StateDirSource::Off,
+            StateDirSource::PortZero,
+            StateDirSource::NoHome,
+        ] {
+            assert!(open_configured(None, source).unwrap().is_none());
+        }
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

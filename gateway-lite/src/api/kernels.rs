@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use protocol::wsframe::{Framing, V1_PROTOCOL};
 use serde_json::{Value, json};
 
-use super::delivery;
 use super::error::{ApiError, ApiResult};
 use super::request::{AppState, json_body, optional_str};
+use super::{access, delivery};
 use crate::bridge;
 
 pub(super) async fn api_info() -> Response {
@@ -86,14 +86,22 @@ pub(super) async fn list_kernels(State(st): State<AppState>) -> Response {
 
 pub(super) async fn start_kernel(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let body = json_body(&body)?;
-    let name = optional_str(&body, "name")?.filter(|n| !n.is_empty());
-    let kernel = st.kernels.start(name, body.get("env")).await?;
-    let location = format!("/api/kernels/{}", kernel.id);
-    Ok(delivery::created(
-        &st.kernels,
-        &kernel.id,
-        &location,
-        &kernel.model(),
+    let started = async {
+        let name = optional_str(&body, "name")?.filter(|n| !n.is_empty());
+        let kernel = st.kernels.start(name, body.get("env")).await?;
+        let location = format!("/api/kernels/{}", kernel.id);
+        ApiResult::Ok(delivery::created(
+            &st.kernels,
+            &kernel.id,
+            &location,
+            &kernel.model(),
+        ))
+    }
+    .await;
+    // The access log names the user the kernel is for, whether or not it started.
+    Ok(access::acted_for(
+        started.into_response(),
+        access::kernel_username(&body),
     ))
 }
 

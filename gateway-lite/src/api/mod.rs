@@ -5,8 +5,10 @@
 //! ([`error`]). Handlers only translate between HTTP and the kernel registry
 //! ([`crate::kernels`]); request bodies are parsed here by hand so that bad JSON is a JSON
 //! 400, not a framework's plain-text rejection. One deliberate difference from EG: an
-//! unknown kernelspec name is 404, not 500. [`auth`] stands in front of every route.
+//! unknown kernelspec name is 404, not 500. [`auth`] stands in front of every route, and
+//! [`access`] in front of it, logging every request.
 
+pub mod access;
 pub mod auth;
 mod delivery;
 pub mod error;
@@ -23,7 +25,8 @@ use auth::AuthPolicy;
 pub use error::ApiError;
 pub use request::AppState;
 
-/// Builds the router, with authentication and CORS in front.
+/// Builds the router, with authentication and CORS in front, and the access log in front of
+/// those.
 pub fn router(state: AppState, policy: AuthPolicy) -> Router {
     Router::new()
         .route("/api", get(kernels::api_info))
@@ -65,4 +68,5 @@ pub fn router(state: AppState, policy: AuthPolicy) -> Router {
             Arc::new(policy),
             auth::layer,
         ))
+        .layer(axum::middleware::from_fn(access::layer))
 }

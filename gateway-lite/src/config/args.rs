@@ -196,6 +196,19 @@ pub(super) struct Args {
     /// Do not record kernels: they end with the gateway.
     #[arg(long, env = "GATEWAY_LITE_NO_STATE_DIR")]
     pub(super) no_state_dir: bool,
+    /// Seconds a kernel's log file (the launcher's and kernel's output, `logs/<kernel id>.log`
+    /// in the state directory) is kept after the kernel ended; 0 deletes it at once.
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_KERNEL_LOG_RETENTION",
+        default_value = "86400",
+        allow_negative_numbers = true
+    )]
+    pub(super) kernel_log_retention: String,
+    /// Format of the gateway's log on stderr: text (one line per event) or json (one object
+    /// per line, its fields at the top level). `GATEWAY_LITE_LOG` filters it.
+    #[arg(long, env = "GATEWAY_LITE_LOG_FORMAT", default_value = "text")]
+    pub(super) log_format: String,
     /// Shut every kernel down when the gateway exits (SIGTERM/SIGINT). Without it, kernels
     /// keep running for the next gateway when a state directory is in use.
     #[arg(long, env = "GATEWAY_LITE_SHUTDOWN_KERNELS_ON_EXIT")]

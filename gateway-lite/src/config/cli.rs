@@ -12,7 +12,8 @@ use super::args::Args;
 use super::edge;
 use super::provisioning::{docker_settings, ssh_settings};
 use super::settings::{
-    Config, ConfigError, Cull, KERNEL_ENV_STANDARD, Limits, SearchEnv, env_matches, parse_secs,
+    Config, ConfigError, Cull, KERNEL_ENV_STANDARD, Limits, SearchEnv, StateDirSource, env_matches,
+    parse_secs,
 };
 
 impl Config {
@@ -151,19 +152,31 @@ fn from_parsed(
             });
         }
     };
-    let state_dir = match args.state_dir {
-        _ if args.no_state_dir => None,
-        Some(dir) => Some(dir),
-        None if args.port == 0 => None,
+    let (state_dir, state_dir_source) = match args.state_dir {
+        _ if args.no_state_dir => (None, StateDirSource::Off),
+        Some(dir) => (Some(dir), StateDirSource::Given),
+        None if args.port == 0 => (None, StateDirSource::PortZero),
         None => {
             let base = search
                 .state_home
                 .clone()
                 .or_else(|| search.home.as_ref().map(|h| h.join(".local/state")));
-            // Without XDG_STATE_HOME or HOME there is no per-user default: no persistence.
-            base.map(|b| b.join("gateway-lite").join(format!("port-{}", args.port)))
+            // Without XDG_STATE_HOME or HOME there is no per-user default: no persistence
+            // (warned about at start, with the fix).
+            match base {
+                Some(b) => (
+                    Some(b.join("gateway-lite").join(format!("port-{}", args.port))),
+                    StateDirSource::Default,
+                ),
+                None => (None, StateDirSource::NoHome),
+            }
         }
     };
+    let kernel_log_retention = parse_retention(&args.kernel_log_retention)?;
+    let log_format = args.log_format.parse().map_err(|problem| ConfigError {
+        option: "--log-format (env GATEWAY_LITE_LOG_FORMAT)",
+        problem,
+    })?;
     let limits = Limits {
         max_kernels: args.max_kernels,
         max_kernels_per_user,
@@ -210,10 +223,26 @@ fn from_parsed(
         kernel_ip,
         max_message_bytes: args.max_message_bytes,
         state_dir,
+        state_dir_source,
+        kernel_log_retention,
+        log_format,
         shutdown_kernels_on_exit: args.shutdown_kernels_on_exit,
         limits,
         restart_limit: args.restart_limit,
         cull,
+    })
+}
+
+/// `--kernel-log-retention`: whole or fractional seconds, 0 included (delete at once).
+fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
+    if text.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(text).ok_or_else(|| ConfigError {
+        option: "--kernel-log-retention (env GATEWAY_LITE_KERNEL_LOG_RETENTION)",
+        problem: format!(
+            "{text:?} is not a number of seconds; use e.g. 86400 (a day), or 0 to delete a kernel's log when it ends"
+        ),
     })
 }
 
@@ -314,6 +343,73 @@ mod tests {
             let e = parse(args).unwrap_err();
             assert!(e.option.starts_with(option), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn logging_options() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.log_format, crate::config::LogFormat::Text);
+        assert_eq!(c.kernel_log_retention, Duration::from_secs(86400));
+        let c = parse(&["--log-format", "json", "--kernel-log-retention", "2.5"]).unwrap();
+        assert_eq!(c.log_format, crate::config::LogFormat::Json);
+        assert_eq!(c.kernel_log_retention, Duration::from_millis(2500));
+        let c = parse(&["--kernel-log-retention", "0"]).unwrap();
+        assert_eq!(c.kernel_log_retention, Duration::ZERO);
+        for (args, option) in [
+            (&["--log-format", "xml"][..], "--log-format"),
+            (&["--log-format", ""][..], "--log-format"),
+            (
+                &["--kernel-log-retention", "-5"][..],
+                "--kernel-log-retention",
+            ),
+            (
+                &["--kernel-log-retention", "a day"][..],
+                "--kernel-log-retention",
+            ),
+            (
+                &["--kernel-log-retention", "inf"][..],
+                "--kernel-log-retention",
+            ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+            assert!(
+                e.option.contains("GATEWAY_LITE_"),
+                "names the variable: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn where_the_state_directory_comes_from() {
+        let with = |search: SearchEnv, extra: &[&str]| {
+            let exe = std::env::current_exe().unwrap();
+            let launcher = exe.to_string_lossy().into_owned();
+            let mut argv = vec!["gateway-lite", "--launcher", &launcher];
+            argv.extend_from_slice(extra);
+            Config::try_from_iter(argv, search).unwrap()
+        };
+        let home = SearchEnv {
+            home: Some("/home/ada".into()),
+            ..SearchEnv::default()
+        };
+        let c = with(home.clone(), &["--port", "9000"]);
+        assert_eq!(c.state_dir_source, StateDirSource::Default);
+        assert_eq!(
+            c.state_dir.as_deref(),
+            Some(Path::new("/home/ada/.local/state/gateway-lite/port-9000"))
+        );
+        let c = with(SearchEnv::default(), &["--port", "9000"]);
+        assert_eq!(
+            (c.state_dir, c.state_dir_source),
+            (None, StateDirSource::NoHome)
+        );
+        let c = with(home.clone(), &["--port", "0"]);
+        assert_eq!(c.state_dir_source, StateDirSource::PortZero);
+        let c = with(home.clone(), &["--port", "9000", "--no-state-dir"]);
+        assert_eq!(c.state_dir_source, StateDirSource::Off);
+        let c = with(SearchEnv::default(), &["--state-dir", "/srv/gw"]);
+        assert_eq!(c.state_dir_source, StateDirSource::Given);
     }
 
     #[test]

@@ -51,6 +51,43 @@ impl SearchEnv {
     }
 }
 
+/// How the gateway writes its own log (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, the event's fields at the top level (`jq .path`).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format; use text or json")),
+        }
+    }
+}
+
+/// Where [`Config::state_dir`] comes from, or why there is none: the gateway tells an
+/// operator's choice (logged at INFO) from a default it could not have (a WARN with the fix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateDirSource {
+    /// `--state-dir` (or its variable).
+    Given,
+    /// Derived from `XDG_STATE_HOME` or `HOME`; it may turn out unusable.
+    Default,
+    /// None: `--no-state-dir`.
+    Off,
+    /// None: `--port 0` has no stable place for one.
+    PortZero,
+    /// None: neither `XDG_STATE_HOME` nor `HOME` is set (a service user, typically).
+    NoHome,
+}
+
 /// Kernel limits (Enterprise Gateway's `max_kernels` and `max_kernels_per_user`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -252,6 +289,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Where kernels are recorded; `None`: no persistence.
     pub state_dir: Option<PathBuf>,
+    /// Where `state_dir` comes from, or why there is none.
+    pub state_dir_source: StateDirSource,
+    /// How long a kernel's log file is kept after the kernel ended; zero: deleted at once.
+    pub kernel_log_retention: Duration,
+    /// The format of the gateway's own log.
+    pub log_format: LogFormat,
     /// Shut kernels down at exit.
     pub shutdown_kernels_on_exit: bool,
     /// Kernel limits.

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::KernelError;
 use super::kernel::{Command, Kernel, Parts};
 use super::launch::{Job, Launcher};
+use super::logs::KernelLogs;
 use super::monitor;
 use super::phase::Phase;
 use super::policy::{AfterDeath, ExecutionState, RestartBudget};
@@ -42,6 +43,7 @@ use super::stop;
 use crate::channels::{self, Channel};
 use crate::kernelspecs::KernelSpec;
 use crate::metrics::Metrics;
+use crate::provisioner::Placement;
 use crate::state::KernelRecord;
 use crate::tasks::Tasks;
 
@@ -54,6 +56,20 @@ pub(super) struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive automatic restarts of a dying kernel; 0 turns them off.
     pub restart_limit: u32,
+    /// Kernels' log files, with a state directory.
+    pub logs: Option<Arc<KernelLogs>>,
+}
+
+impl Context {
+    /// Where the launcher of kernel `id` writes its output, when it has a file.
+    fn log_file(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.logs.as_ref().map(|l| l.path(id))
+    }
+
+    /// Kernel `id` has ended: its log file is kept for the retention (returned) or deleted.
+    fn log_ended(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.logs.as_ref().and_then(|l| l.ended(id))
+    }
 }
 
 /// A kernel start: the request's part, checked.
@@ -76,7 +92,7 @@ pub(super) async fn start(ctx: Arc<Context>, mut req: StartRequest) {
         env: &req.env,
         timeout: req.timeout,
         generation: 1,
-        log_file: ctx.registry.log_file(&req.id),
+        log_file: ctx.log_file(&req.id),
     };
     let launched = {
         let token = ctx.tasks.closing().clone();
@@ -98,6 +114,9 @@ pub(super) async fn start(ctx: Arc<Context>, mut req: StartRequest) {
                 _ => &ctx.metrics.starts_failed,
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(log) = ctx.log_ended(&req.id) {
+                tracing::info!(kernel_id = %req.id, log_file = %log.display(), "kernel start failed; its log is kept");
+            }
             // The reservation goes with `req`; the client, if still there, gets the error.
             let _ = req.reply.send(Err(e));
             return;
@@ -309,7 +328,16 @@ impl Owner {
             .and_then(|p| *p.launched.exit.borrow())
             .map(|i| i.to_string())
             .unwrap_or_default();
-        tracing::warn!(kernel_id = %id, "kernel died: launcher ended with {info}");
+        match self
+            .process
+            .as_ref()
+            .and_then(|p| log_place(&p.launched.placement))
+        {
+            Some(log) => {
+                tracing::warn!(kernel_id = %id, log_file = %log, "kernel died: launcher ended with {info}");
+            }
+            None => tracing::warn!(kernel_id = %id, "kernel died: launcher ended with {info}"),
+        }
         self.ctx
             .metrics
             .deaths
@@ -376,7 +404,7 @@ impl Owner {
             env: &kernel.env,
             timeout: kernel.timeout,
             generation,
-            log_file: self.ctx.registry.log_file(&kernel.id),
+            log_file: self.ctx.log_file(&kernel.id),
         };
         let mut waiting: Vec<oneshot::Sender<Result<(), KernelError>>> = Vec::new();
         let launched = {
@@ -483,14 +511,33 @@ impl Owner {
         }
         self.kernel.set_state(ExecutionState::Dead);
         self.kernel.phase.send_replace(Phase::Gone);
-        if let Some(log) = self.ctx.registry.log_file(&id) {
-            let _ = std::fs::remove_file(log);
-        }
         self.ctx
             .metrics
             .shutdowns
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(kernel_id = %id, "kernel shut down");
+        match self.ctx.log_ended(&id) {
+            Some(log) => {
+                let kept_secs = self
+                    .ctx
+                    .logs
+                    .as_ref()
+                    .map_or(0, |l| l.retention().as_secs());
+                tracing::info!(kernel_id = %id, log_file = %log.display(), kept_secs, "kernel shut down; its log is kept");
+            }
+            None => tracing::info!(kernel_id = %id, "kernel shut down"),
+        }
+    }
+}
+
+/// Where a launcher's log file is, for the operator: a local path, or `host:path` for a
+/// launcher over SSH. `None` when its output went to the gateway's own log (or Docker's).
+fn log_place(placement: &Placement) -> Option<String> {
+    match placement {
+        Placement::Local {
+            log_file: Some(f), ..
+        } => Some(f.display().to_string()),
+        Placement::Ssh { host, log_file, .. } => Some(format!("{host}:{log_file}")),
+        _ => None,
     }
 }
 

@@ -13,7 +13,8 @@
 //! down), [`monitor`] (execution state from iopub, the readiness probe), [`clients`] (the one
 //! client count, the parked connection and its bounded backlog), [`policy`] (the rules, as
 //! pure functions), [`env`] (the request's `KERNEL_*` variables), [`phase`] and [`kernel`]
-//! (what a handle shows), [`error`].
+//! (what a handle shows), [`logs`] (launchers' log files, kept a while after their kernel),
+//! [`error`].
 
 mod clients;
 mod env;
@@ -21,6 +22,7 @@ mod error;
 mod kernel;
 mod launch;
 mod lifecycle;
+pub mod logs;
 mod monitor;
 mod phase;
 pub mod policy;
@@ -48,6 +50,7 @@ use crate::state::StateStore;
 use crate::tasks::Tasks;
 use kernel::Command;
 use lifecycle::{Context, StartRequest};
+use logs::KernelLogs;
 use registry::Registry;
 
 /// How long a signal interrupt waits for a starting kernel to become ready.
@@ -65,6 +68,8 @@ pub struct Rules {
     pub restart_limit: u32,
     /// Idle culling, when on.
     pub cull: Option<Cull>,
+    /// How long a kernel's log file is kept after the kernel ended; zero: deleted at once.
+    pub log_retention: Duration,
 }
 
 /// All kernels of this gateway. Cheap to clone.
@@ -85,6 +90,9 @@ impl Kernels {
         tasks: Tasks,
     ) -> Self {
         let budget = Arc::new(KeptBudget::new(PARK_TOTAL_MAX_BYTES));
+        let logs = store
+            .as_ref()
+            .map(|s| Arc::new(KernelLogs::new(s.logs_dir(), rules.log_retention)));
         let registry = Arc::new(Registry::new(rules.limits, store, budget, tasks.clone()));
         let ctx = Arc::new(Context {
             launcher,
@@ -92,9 +100,16 @@ impl Kernels {
             tasks: tasks.clone(),
             metrics: Arc::default(),
             restart_limit: rules.restart_limit,
+            logs: logs.clone(),
         });
         let kernels = Kernels { ctx, specs };
         kernels.restore().await;
+        if let Some(logs) = logs {
+            kernels.sweep_leftover_logs(&logs).await;
+            if !logs.retention().is_zero() {
+                logs.spawn_sweeper(&tasks);
+            }
+        }
         if let Some(cull) = rules.cull {
             tasks.spawn_until_stopped(kernels.clone().cull_loop(cull));
         }
@@ -173,6 +188,26 @@ impl Kernels {
         answer
             .await
             .map_err(|_| KernelError::Cancelled("(the gateway is stopping)".into()))?
+    }
+
+    /// Sweeps the logs earlier runs left of kernels that are no longer here (before any
+    /// launch, so no log of a kernel being started is taken for one).
+    async fn sweep_leftover_logs(&self, logs: &Arc<KernelLogs>) {
+        let live: std::collections::HashSet<String> =
+            self.list().iter().map(|k| k.id.clone()).collect();
+        let sweeper = logs.clone();
+        let swept = self
+            .ctx
+            .tasks
+            .spawn_blocking(move || sweeper.sweep_leftovers(&live, std::time::SystemTime::now()))
+            .await
+            .unwrap_or(0);
+        tracing::info!(
+            swept,
+            retention_secs = logs.retention().as_secs(),
+            dir = %logs.dir().display(),
+            "kernel logs of ended kernels are kept for the retention"
+        );
     }
 
     /// Re-attaches to the kernels recorded by an earlier run of the gateway. Kernels whose

@@ -108,11 +108,6 @@ impl Registry {
         self.store.is_some()
     }
 
-    /// Where the launcher of kernel `id` writes its output, when kernels are recorded.
-    pub(super) fn log_file(&self, id: &str) -> Option<std::path::PathBuf> {
-        self.store.as_ref().map(|s| s.log_file(id))
-    }
-
     /// The recorded kernels of an earlier run (see [`StateStore::load`]).
     pub(super) fn recorded(&self) -> Result<Vec<KernelRecord>, crate::state::StateError> {
         match &self.store {

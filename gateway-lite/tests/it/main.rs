@@ -5,6 +5,7 @@ mod deploy;
 mod dist;
 mod docker;
 mod leave;
+mod logs;
 mod policy;
 mod shape;
 mod soak;

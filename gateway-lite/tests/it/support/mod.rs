@@ -161,8 +161,12 @@ impl Gateway {
         std::fs::write(specs.join("secret.txt"), b"secret").unwrap();
         std::fs::write(specs.join("py/logo-64x64.png"), b"\x89PNG").unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway-lite"));
-        cmd.args(["--ip", "127.0.0.1", "--port", "0"])
-            .arg("--kernelspec-dir")
+        cmd.args(["--ip", "127.0.0.1"]);
+        // Any free port, unless the test gives one (`--port` may be given once only).
+        if !opts.args.iter().any(|a| a == "--port") {
+            cmd.args(["--port", "0"]);
+        }
+        cmd.arg("--kernelspec-dir")
             .arg(&specs)
             .arg("--launcher")
             .arg(&launcher)
