@@ -6,6 +6,7 @@ mod leave;
 mod policy;
 mod shape;
 mod soak;
+mod specs;
 mod ssh;
 mod support;
 mod trust;
