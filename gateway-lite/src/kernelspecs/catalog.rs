@@ -27,13 +27,48 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::KernelSpecs;
 use super::proxy::Runner;
 use super::spec::{KernelSpec, read_spec};
 use crate::tasks::Tasks;
 
 /// How long one scan's result is served before the directories are read again.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The kernelspecs found by one scan, and the default among them.
+#[derive(Debug, Clone, Default)]
+pub struct KernelSpecs {
+    specs: BTreeMap<String, KernelSpec>,
+    default: String,
+}
+
+impl KernelSpecs {
+    /// `specs`, with `default` as the default when it is among them, else `python3`, else
+    /// the first by name.
+    pub fn new(specs: BTreeMap<String, KernelSpec>, default: Option<&str>) -> Self {
+        let default = default
+            .filter(|d| specs.contains_key(*d))
+            .map(str::to_owned)
+            .or_else(|| specs.contains_key("python3").then(|| "python3".to_owned()))
+            .or_else(|| specs.keys().next().cloned())
+            .unwrap_or_default();
+        KernelSpecs { specs, default }
+    }
+
+    /// The spec called `name`.
+    pub fn get(&self, name: &str) -> Option<&KernelSpec> {
+        self.specs.get(name)
+    }
+
+    /// The default spec's name.
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    /// Every spec, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &KernelSpec> {
+        self.specs.values()
+    }
+}
 
 /// The kernelspecs in the search directories, re-read on demand.
 #[derive(Debug)]
