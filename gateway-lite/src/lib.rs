@@ -9,7 +9,8 @@
 //! - [`config`]: command line and environment, parsed once into typed settings.
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
-//! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
+//! - [`kernelspecs`]: finding kernelspecs (re-read as they change), where each may run, and
+//!   turning one into a launcher command line.
 //! - [`channels`]: ZeroMQ sockets and messages to a kernel.
 //! - [`response`]: the listener that receives launchers' encrypted connection payloads.
 //! - [`provisioner`]: where launchers run ([`provisioner::local`], [`provisioner::ssh`],
