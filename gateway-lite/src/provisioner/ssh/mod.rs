@@ -4,7 +4,9 @@
 //!
 //! This is what Enterprise Gateway's `DistributedProcessProxy` does, for teams whose kernels
 //! must run on a few plain machines. Kernelspecs whose `metadata.process_proxy.class_name`
-//! ends with `DistributedProcessProxy` come here (see [`super::Provisioners::for_spec`]).
+//! ends with `DistributedProcessProxy` (or whose `metadata.kernel_provisioner` is
+//! gateway_provisioners' `distributed-provisioner`) come here (see
+//! [`super::Provisioners::for_spec`]).
 //! A host that is this machine ([`this_host`]) is not reached over ssh: the dispatch in
 //! [`super::Distributed`] runs that kernel through the local provisioner, as EG does.
 //!
