@@ -10,7 +10,8 @@
 //! - [`logging`]: the gateway's own log, as text or JSON lines.
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
-//! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
+//! - [`kernelspecs`]: finding kernelspecs (re-read as they change), where each may run, and
+//!   turning one into a launcher command line.
 //! - [`channels`]: ZeroMQ sockets and messages to a kernel.
 //! - [`response`]: the listener that receives launchers' encrypted connection payloads.
 //! - [`provisioner`]: where launchers run ([`provisioner::local`], [`provisioner::ssh`],
@@ -54,7 +55,7 @@ use protocol::payload::PrivateKey;
 use crate::config::{Auth, Config, TokenSource};
 use crate::kernels::policy::Grace;
 use crate::kernels::{Kernels, Launcher, Rules};
-use crate::kernelspecs::KernelSpecs;
+use crate::kernelspecs::Catalog;
 use crate::provisioner::Provisioners;
 use crate::provisioner::docker::Docker;
 use crate::provisioner::local::Local;
@@ -101,21 +102,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let response = ResponseListener::start(config.response_ip, key, &tasks)
         .await
         .with_context(|| format!("binding the response listener on {}", config.response_ip))?;
-    let specs = Arc::new(KernelSpecs::discover(
-        &config.kernelspec_dirs,
-        &config.search,
-        config.default_kernel_name.as_deref(),
+    let roots = kernelspecs::search::spec_roots(&config.kernelspec_dirs, &config.search);
+    tracing::info!(dirs = ?roots, "kernelspec directories, in search order (re-read as they change)");
+    let specs = Arc::new(Catalog::new(
+        roots,
+        config.default_kernel_name.clone(),
+        config.launcher.clone(),
+        tasks.clone(),
     ));
-    for spec in specs.iter() {
-        tracing::info!(name = %spec.name, wrapped = !spec.runs_launcher(), "kernelspec");
-        if !spec.authenticated(&config.launcher) {
-            tracing::warn!(
-                name = %spec.name,
-                launcher = %spec.argv[0],
-                "kernelspec runs another launcher: its launch payloads and comm port are not authenticated (Enterprise Gateway's behaviour)"
-            );
-        }
-    }
+    // The first scan logs every spec, and warns about those whose launches are refused.
+    specs.current().await;
     if !config.ssh.hosts.is_empty() {
         tracing::info!(hosts = ?config.ssh.hosts, balancing = ?config.ssh.balancing, ssh_config = ?config.ssh.ssh_config, "remote hosts for DistributedProcessProxy kernelspecs");
     }

@@ -44,9 +44,14 @@ impl From<KernelError> for ApiError {
             KernelError::NotRunning(_) => StatusCode::CONFLICT,
             KernelError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
             KernelError::Limit(_) => StatusCode::FORBIDDEN,
+            // A permanent property of the spec, not a failure: 501, which Jupyter Server's
+            // own sessions API answers for a kernel it cannot start; its gateway client does
+            // not retry it (502-504 only) and relays the message, which says what to use
+            // instead.
+            KernelError::Refused { .. } => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
             tracing::warn!("{e}");
         }
         ApiError::new(status, e.to_string())

@@ -21,7 +21,7 @@ pub(super) async fn api_info() -> Response {
 }
 
 pub(super) async fn list_specs(State(st): State<AppState>) -> Response {
-    let specs = st.kernels.specs();
+    let specs = st.kernels.specs().await;
     let all: serde_json::Map<String, Value> = specs
         .iter()
         .map(|s| (s.name.clone(), s.model("/")))
@@ -30,7 +30,8 @@ pub(super) async fn list_specs(State(st): State<AppState>) -> Response {
 }
 
 pub(super) async fn get_spec(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    let spec = st.kernels.specs().get(&name).ok_or_else(|| {
+    let specs = st.kernels.specs().await;
+    let spec = specs.get(&name).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("Kernel spec {name} not found"),
@@ -52,6 +53,7 @@ pub(super) async fn spec_resource(
     let path = st
         .kernels
         .specs()
+        .await
         .get(&name)
         .and_then(|s| s.resource(&resource))
         .ok_or_else(not_found)?;

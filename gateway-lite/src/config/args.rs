@@ -50,8 +50,12 @@ pub(super) struct Args {
     /// Open HTTP connections at once; more are closed at once.
     #[arg(long, env = "GATEWAY_LITE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub(super) max_connections: usize,
-    /// Extra kernelspec directory (holding `<name>/kernel.json`); searched before the
-    /// Jupyter data paths. Repeatable.
+    /// A kernelspec directory (holding `<name>/kernel.json`), searched first, before
+    /// Jupyter's data paths: JUPYTER_PATH; the user data dir (JUPYTER_DATA_DIR, else
+    /// ~/.local/share/jupyter) and the Python environment's share/jupyter (VIRTUAL_ENV,
+    /// CONDA_PREFIX, python3 on PATH), in the order Jupyter gives them; then
+    /// /usr/local/share/jupyter and /usr/share/jupyter. The first directory holding a name
+    /// wins; all are re-read while the gateway runs. Repeatable.
     #[arg(
         long = "kernelspec-dir",
         env = "GATEWAY_LITE_KERNELSPEC_DIRS",

@@ -26,27 +26,51 @@ pub struct SearchEnv {
     pub jupyter_path: Vec<PathBuf>,
     /// `JUPYTER_DATA_DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `XDG_DATA_HOME` (the user data dir is `$XDG_DATA_HOME/jupyter` without
+    /// `JUPYTER_DATA_DIR`).
+    pub data_home: Option<PathBuf>,
     /// `HOME` (never looked up through the password database).
     pub home: Option<PathBuf>,
     /// `XDG_STATE_HOME`, for the default state directory.
     pub state_home: Option<PathBuf>,
+    /// `VIRTUAL_ENV`: an activated Python virtual environment.
+    pub virtual_env: Option<PathBuf>,
+    /// `CONDA_PREFIX`: an activated conda environment.
+    pub conda_prefix: Option<PathBuf>,
+    /// `CONDA_DEFAULT_ENV`: the activated conda environment's name.
+    pub conda_default_env: Option<String>,
+    /// `JUPYTER_PREFER_ENV_PATH`, when set at all (even empty).
+    pub prefer_env_path: Option<String>,
+    /// `PATH`, split on `:` (where `python3` is looked for).
+    pub path: Vec<PathBuf>,
 }
 
 impl SearchEnv {
-    /// Reads `JUPYTER_PATH`, `JUPYTER_DATA_DIR`, `HOME` and `XDG_STATE_HOME`.
+    /// Reads the variables above from the process environment.
     pub fn from_env() -> Self {
         let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        SearchEnv {
-            jupyter_path: non_empty("JUPYTER_PATH")
+        let split = |k: &str| -> Vec<PathBuf> {
+            non_empty(k)
                 .map(|v| {
                     std::env::split_paths(&v)
                         .filter(|p| !p.as_os_str().is_empty())
                         .collect()
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        };
+        SearchEnv {
+            jupyter_path: split("JUPYTER_PATH"),
             data_dir: non_empty("JUPYTER_DATA_DIR").map(PathBuf::from),
+            data_home: non_empty("XDG_DATA_HOME").map(PathBuf::from),
             home: non_empty("HOME").map(PathBuf::from),
             state_home: non_empty("XDG_STATE_HOME").map(PathBuf::from),
+            virtual_env: non_empty("VIRTUAL_ENV").map(PathBuf::from),
+            conda_prefix: non_empty("CONDA_PREFIX").map(PathBuf::from),
+            conda_default_env: non_empty("CONDA_DEFAULT_ENV")
+                .map(|v| v.to_string_lossy().into_owned()),
+            prefer_env_path: std::env::var_os("JUPYTER_PREFER_ENV_PATH")
+                .map(|v| v.to_string_lossy().into_owned()),
+            path: split("PATH"),
         }
     }
 }

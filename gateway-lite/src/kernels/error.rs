@@ -8,6 +8,15 @@ pub enum KernelError {
     /// No kernelspec of that name (client's fault; EG answers 500, we answer 404).
     #[error("No such kernelspec: {0:?}")]
     NoSuchSpec(String),
+    /// The kernelspec asks for a placement gateway-lite does not do (Kubernetes, a YARN
+    /// cluster, an unknown process proxy); nothing was started.
+    #[error("Kernelspec {spec} cannot be launched by gateway-lite: {why}")]
+    Refused {
+        /// The kernelspec's name.
+        spec: String,
+        /// The class it names and what to use instead.
+        why: String,
+    },
     /// No kernel of that id (client's fault).
     #[error("Kernel does not exist: {0}")]
     NoSuchKernel(String),

@@ -44,7 +44,7 @@ pub use phase::Phase;
 use policy::ExecutionState;
 
 use crate::config::{Cull, Limits, parse_secs};
-use crate::kernelspecs::KernelSpecs;
+use crate::kernelspecs::{Catalog, KernelSpecs, Runner};
 use crate::metrics::{Gauges, Metrics};
 use crate::state::StateStore;
 use crate::tasks::Tasks;
@@ -76,14 +76,14 @@ pub struct Rules {
 #[derive(Debug, Clone)]
 pub struct Kernels {
     ctx: Arc<Context>,
-    specs: Arc<KernelSpecs>,
+    specs: Arc<Catalog>,
 }
 
 impl Kernels {
     /// Opens the registry: re-attaches to the kernels an earlier run recorded in `store`, and
     /// starts the culler when culling is on.
     pub async fn open(
-        specs: Arc<KernelSpecs>,
+        specs: Arc<Catalog>,
         launcher: Launcher,
         rules: Rules,
         store: Option<StateStore>,
@@ -121,9 +121,9 @@ impl Kernels {
         self.ctx.registry.persistent()
     }
 
-    /// The kernelspecs.
-    pub fn specs(&self) -> &KernelSpecs {
-        &self.specs
+    /// The kernelspecs as their directories hold them now (see [`Catalog`]).
+    pub async fn specs(&self) -> Arc<KernelSpecs> {
+        self.specs.current().await
     }
 
     /// Every kernel, by id.
@@ -145,6 +145,7 @@ impl Kernels {
     }
 
     /// Starts a kernel of spec `name` (the default when `None`) with the request's `env`.
+    /// A spec whose placement gateway-lite does not do is refused before anything starts.
     ///
     /// The launch runs in its own tracked task: if this future is dropped (the client went
     /// away), the launch is abandoned, its launcher stopped and its reservation released; if
@@ -154,12 +155,19 @@ impl Kernels {
         name: Option<&str>,
         env: Option<&Value>,
     ) -> Result<Arc<Kernel>, KernelError> {
-        let name = name.unwrap_or(self.specs.default_name()).to_owned();
-        let spec = self
-            .specs
+        let specs = self.specs().await;
+        let name = name.unwrap_or(specs.default_name()).to_owned();
+        let spec = specs
             .get(&name)
             .cloned()
             .ok_or_else(|| KernelError::NoSuchSpec(name.clone()))?;
+        if let Runner::Refused(why) = &spec.runner {
+            tracing::info!(spec = %name, class = %why.class, "launch refused: the kernelspec's placement is not one gateway-lite runs");
+            return Err(KernelError::Refused {
+                spec: name,
+                why: why.to_string(),
+            });
+        }
         let env = kernel_env(env)?;
         let timeout = env
             .get("KERNEL_LAUNCH_TIMEOUT")
@@ -224,9 +232,10 @@ impl Kernels {
             return;
         }
         let mut lost = Vec::new();
+        let specs = self.specs().await;
         for r in records {
             let (id, pid, pgid) = (r.id.clone(), r.pid, r.pgid);
-            let Some(spec) = self.specs.get(&r.name).cloned() else {
+            let Some(spec) = specs.get(&r.name).cloned() else {
                 tracing::warn!(kernel_id = %id, ?pid, ?pgid, "not restored: its kernelspec {:?} is no longer served", r.name);
                 lost.push(id);
                 continue;

@@ -112,6 +112,10 @@ pub enum LaunchError {
     /// cannot be turned into one (no image, a bad `KERNEL_UID`, ...).
     #[error("docker: {0}")]
     Docker(String),
+    /// The kernelspec asks for a placement gateway-lite does not do (Kubernetes, YARN
+    /// cluster, an unknown process proxy); nothing was started.
+    #[error("{0}")]
+    Refused(String),
     /// A placement of another kind was handed to this provisioner (a bug).
     #[error("a {0} placement cannot be followed here")]
     Unsupported(&'static str),

@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::{
-    self, Close, Gateway, HangUp, Options, processes_of, processes_with_env, wait_no_processes,
+    Close, Gateway, HangUp, Options, eventually, processes_of, processes_with_env,
+    wait_no_processes,
 };
 
 /// Sends one whole request over a fresh connection and hangs up (FIN) after `after`.
@@ -24,25 +25,6 @@ async fn hang_up(gw: &Gateway, method: &str, path: &str, body: &str, after: Dura
     };
     gw.hang_up(method, path, Some(body).filter(|b| !b.is_empty()), how)
         .await;
-}
-
-/// Polls until `check` holds (bounded by WAIT); the last value seen otherwise.
-async fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut check: impl AsyncFnMut() -> (bool, T),
-) -> T {
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let (ok, seen) = check().await;
-        if ok {
-            return seen;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never {what}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn metric(gw: &Gateway, line_prefix: &str) -> Option<f64> {

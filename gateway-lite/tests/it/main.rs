@@ -9,6 +9,7 @@ mod logs;
 mod policy;
 mod shape;
 mod soak;
+mod specs;
 mod ssh;
 mod support;
 mod trust;

@@ -4,7 +4,11 @@
 //!
 //! This is what Enterprise Gateway's `DistributedProcessProxy` does, for teams whose kernels
 //! must run on a few plain machines. Kernelspecs whose `metadata.process_proxy.class_name`
-//! ends with `DistributedProcessProxy` come here (see [`super::Provisioners::for_spec`]).
+//! ends with `DistributedProcessProxy` (or whose `metadata.kernel_provisioner` is
+//! gateway_provisioners' `distributed-provisioner`) come here (see
+//! [`super::Provisioners::for_spec`]).
+//! A host that is this machine ([`this_host`]) is not reached over ssh: the dispatch in
+//! [`super::Distributed`] runs that kernel through the local provisioner, as EG does.
 //!
 //! How a launcher is run, and why:
 //!
@@ -49,6 +53,7 @@
 mod client;
 mod down;
 mod script;
+mod this_host;
 mod watch;
 
 use std::collections::HashMap;
@@ -184,19 +189,69 @@ impl Ssh {
         hosts: &[String],
         request: LaunchRequest,
     ) -> Result<Launched, LaunchError> {
-        if request.argv.is_empty() {
-            return Err(LaunchError::EmptyArgv);
-        }
+        let host = self.choose(hosts)?;
+        self.launch_at(host, hosts, request).await
+    }
+
+    /// Chooses the host for the next kernel among `hosts`, after checking every name.
+    pub fn choose(&self, hosts: &[String]) -> Result<String, LaunchError> {
         for h in hosts {
             check_host(h).map_err(|message| LaunchError::Remote {
                 host: h.clone(),
                 message,
             })?;
         }
-        let host = self.pick(hosts).ok_or(LaunchError::Remote {
+        self.pick(hosts).ok_or(LaunchError::Remote {
             host: String::new(),
             message: "no remote hosts are configured".into(),
-        })?;
+        })
+    }
+
+    /// Whether `host` is this machine, reached without asking for another login: its name is
+    /// `localhost`, this machine's host name or one of its addresses, or it resolves (as ssh
+    /// would resolve it) to one of them. A destination naming a user (`user@host`, or
+    /// `--ssh-user`) asks for that user's login, which only ssh gives, so it never is.
+    pub async fn is_this_machine(&self, host: &str) -> bool {
+        if host.contains('@') || self.client.settings.user.is_some() {
+            return false;
+        }
+        if let Some(answer) = this_host::by_name(host) {
+            return answer;
+        }
+        match self.address(host).await {
+            Ok(ip) => this_host::is_own_address(ip),
+            Err(_) => false,
+        }
+    }
+
+    /// Counts a kernel that `host` was chosen for but that runs through another provisioner
+    /// (the host is this machine) as one of the host's live kernels until its launcher ends.
+    pub fn count_while_running(&self, host: &str, launched: &Launched) {
+        if let Ok(mut m) = self.live.lock() {
+            *m.entry(host.to_owned()).or_default() += 1;
+        }
+        let (live, host, mut exit) = (self.live.clone(), host.to_owned(), launched.exit.clone());
+        self.tasks.spawn_until_stopped(async move {
+            let _ = exit.wait_for(Option::is_some).await;
+            if let Ok(mut m) = live.lock()
+                && let Some(n) = m.get_mut(&host)
+            {
+                *n = n.saturating_sub(1);
+            }
+        });
+    }
+
+    /// Launches on `host`, chosen among `hosts` (the others are where a launch that cannot
+    /// reach `host` is sent next).
+    pub async fn launch_at(
+        &self,
+        host: String,
+        hosts: &[String],
+        request: LaunchRequest,
+    ) -> Result<Launched, LaunchError> {
+        if request.argv.is_empty() {
+            return Err(LaunchError::EmptyArgv);
+        }
         let address = self.address(&host).await?;
         let dir = self.client.settings.remote_log_dir.trim_end_matches('/');
         let nonce = uuid::Uuid::new_v4().simple().to_string();

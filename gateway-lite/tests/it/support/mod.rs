@@ -67,6 +67,25 @@ pub fn python() -> String {
     p
 }
 
+/// Polls until `check` holds (bounded by WAIT); the last value seen otherwise.
+pub async fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut check: impl AsyncFnMut() -> (bool, T),
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (ok, seen) = check().await;
+        if ok {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A running gateway-lite with its own kernelspec directory.
 pub struct Gateway {
     child: Child,

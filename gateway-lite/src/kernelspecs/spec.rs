@@ -1,20 +1,17 @@
-//! Kernelspecs: finding them, serving them, and turning one into a launcher command line.
+//! One kernelspec: its `kernel.json` read and checked, served as the REST model, and turned
+//! into a launcher command line.
 //!
-//! Clients choose a kernel by kernelspec name, and the spec's `argv` is how a kernel gets
-//! started. Specs are found where Jupyter finds them (`<dir>/kernels/<name>/kernel.json` on
-//! the Jupyter data paths) plus `--kernelspec-dir`; unless a `python3` spec is found, an embedded
-//! `python3` spec runs ipykernel. A spec written for Enterprise Gateway (its argv holds
-//! `{response_address}`) is used as is, placeholders filled as EG fills them; any other spec
-//! is wrapped in `kernel-launcher ... --`, so every kernel reports its ports through the
-//! encrypted payload and gets a comm port. The spec document itself is served unchanged
-//! (missing standard fields get Jupyter's defaults).
+//! A spec written for Enterprise Gateway (its argv holds `{response_address}`) is used as is,
+//! placeholders filled as EG fills them; any other spec is wrapped in `kernel-launcher ... --`,
+//! so every kernel reports its ports through the encrypted payload and gets a comm port. The
+//! spec document itself is served unchanged (missing standard fields get Jupyter's defaults).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::config::SearchEnv;
+use super::proxy::{Runner, classify};
 
 /// Largest `kernel.json` read.
 const MAX_SPEC_BYTES: u64 = 1024 * 1024;
@@ -34,10 +31,11 @@ pub struct KernelSpec {
     pub env: BTreeMap<String, String>,
     /// `interrupt_mode` is `"message"`.
     pub interrupt_by_message: bool,
-    /// `metadata.process_proxy.class_name`: Enterprise Gateway's choice of where the kernel
-    /// runs, which picks the provisioner here.
-    pub process_proxy: Option<String>,
-    /// `metadata.process_proxy.config`.
+    /// Where its kernels run: from `metadata.process_proxy.class_name` (Enterprise Gateway)
+    /// or `metadata.kernel_provisioner.provisioner_name` (jupyter_client); picks the
+    /// provisioner, or refuses the launch.
+    pub runner: Runner,
+    /// The `config` of the stanza that chose the runner (remote hosts, image name).
     pub proxy_config: Map<String, Value>,
 }
 
@@ -55,7 +53,11 @@ pub enum SpecError {
 }
 
 impl KernelSpec {
-    fn from_json(name: &str, dir: Option<PathBuf>, bytes: &[u8]) -> Result<Self, String> {
+    pub(super) fn from_json(
+        name: &str,
+        dir: Option<PathBuf>,
+        bytes: &[u8],
+    ) -> Result<Self, String> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let Value::Object(mut spec) = value else {
             return Err("not a JSON object".into());
@@ -84,19 +86,7 @@ impl KernelSpec {
         spec.entry("interrupt_mode")
             .or_insert_with(|| json!("signal"));
         let interrupt_by_message = spec.get("interrupt_mode") == Some(&json!("message"));
-        let proxy = spec
-            .get("metadata")
-            .and_then(|m| m.get("process_proxy"))
-            .and_then(Value::as_object);
-        let process_proxy = proxy
-            .and_then(|p| p.get("class_name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let proxy_config = proxy
-            .and_then(|p| p.get("config"))
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let (runner, proxy_config) = classify(spec.get("metadata"));
         Ok(KernelSpec {
             name: name.to_owned(),
             dir,
@@ -104,7 +94,7 @@ impl KernelSpec {
             argv,
             env,
             interrupt_by_message,
-            process_proxy,
+            runner,
             proxy_config,
         })
     }
@@ -136,8 +126,7 @@ impl KernelSpec {
         if self.proxy_config.get("launch_secret") == Some(&Value::Bool(false)) {
             return false;
         }
-        let class = self.process_proxy.as_deref().unwrap_or_default();
-        if class.ends_with("DockerProcessProxy") || class.ends_with("DockerSwarmProcessProxy") {
+        if self.runner == Runner::Docker {
             return true;
         }
         if !self.runs_launcher() {
@@ -265,111 +254,8 @@ impl Placeholders<'_> {
     }
 }
 
-/// Every kernelspec the gateway serves, read once at start-up.
-#[derive(Debug, Clone)]
-pub struct KernelSpecs {
-    specs: BTreeMap<String, KernelSpec>,
-    default: String,
-}
-
-impl KernelSpecs {
-    /// Searches `extra_dirs` (each holding `<name>/kernel.json`), then the Jupyter data paths.
-    /// The first spec of a name wins. Broken specs are logged and skipped.
-    pub fn discover(extra_dirs: &[PathBuf], search: &SearchEnv, default: Option<&str>) -> Self {
-        let mut roots: Vec<PathBuf> = extra_dirs.to_vec();
-        for data in data_paths(search) {
-            roots.push(data.join("kernels"));
-        }
-        let mut specs = BTreeMap::new();
-        for root in &roots {
-            for (name, dir) in spec_dirs(root) {
-                if specs.contains_key(&name) {
-                    continue;
-                }
-                match read_spec(&name, &dir) {
-                    Ok(spec) => {
-                        tracing::debug!(name, dir = %dir.display(), "kernelspec found");
-                        specs.insert(name, spec);
-                    }
-                    Err(e) => tracing::warn!("skipping kernelspec: {e}"),
-                }
-            }
-        }
-        // Jupyter always offers its native python3 kernel; so do we, unless a spec of that
-        // name is installed.
-        if !specs.contains_key("python3") {
-            tracing::info!(
-                "no python3 kernelspec found; serving the embedded one (python3 -m ipykernel_launcher)"
-            );
-            specs.insert("python3".into(), KernelSpec::embedded_python3());
-        }
-        Self::from_specs(specs, default)
-    }
-
-    fn from_specs(specs: BTreeMap<String, KernelSpec>, default: Option<&str>) -> Self {
-        let default = default
-            .filter(|d| specs.contains_key(*d))
-            .map(str::to_owned)
-            .or_else(|| specs.contains_key("python3").then(|| "python3".to_owned()))
-            .or_else(|| specs.keys().next().cloned())
-            .unwrap_or_default();
-        KernelSpecs { specs, default }
-    }
-
-    /// The spec called `name`.
-    pub fn get(&self, name: &str) -> Option<&KernelSpec> {
-        self.specs.get(name)
-    }
-
-    /// The default spec's name.
-    pub fn default_name(&self) -> &str {
-        &self.default
-    }
-
-    /// Every spec, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &KernelSpec> {
-        self.specs.values()
-    }
-}
-
-/// Jupyter's data path: `JUPYTER_PATH` entries, the user data dir, then the system dirs.
-fn data_paths(search: &SearchEnv) -> Vec<PathBuf> {
-    let mut paths = search.jupyter_path.clone();
-    if let Some(d) = &search.data_dir {
-        paths.push(d.clone());
-    } else if let Some(home) = &search.home {
-        paths.push(home.join(".local/share/jupyter"));
-    }
-    paths.push(PathBuf::from("/usr/local/share/jupyter"));
-    paths.push(PathBuf::from("/usr/share/jupyter"));
-    paths
-}
-
-/// `(name, dir)` for each `root/<name>/kernel.json`, sorted by name; a `root` that itself holds
-/// `kernel.json` counts as one spec named after it.
-fn spec_dirs(root: &Path) -> Vec<(String, PathBuf)> {
-    let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
-    if root.join("kernel.json").is_file() {
-        return name_of(root)
-            .map(|n| (n, root.to_path_buf()))
-            .into_iter()
-            .collect();
-    }
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, PathBuf)> = entries
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = name_of(&path)?;
-            path.join("kernel.json").is_file().then_some((name, path))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn read_spec(name: &str, dir: &Path) -> Result<KernelSpec, SpecError> {
+/// Reads `dir/kernel.json` as the spec `name`.
+pub(super) fn read_spec(name: &str, dir: &Path) -> Result<KernelSpec, SpecError> {
     let file = dir.join("kernel.json");
     let invalid = |problem: String| SpecError::Invalid {
         path: file.display().to_string(),
@@ -397,36 +283,6 @@ mod tests {
             connection_file: "/run/kernel-K.json",
             port_range: "0..0",
         }
-    }
-
-    #[test]
-    fn python3_is_always_offered() {
-        let dir = std::env::temp_dir().join(format!("gwl-specs-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("ir")).unwrap();
-        std::fs::write(
-            dir.join("ir/kernel.json"),
-            br#"{"argv": ["R", "-f", "{connection_file}"], "language": "R"}"#,
-        )
-        .unwrap();
-        let specs = KernelSpecs::discover(std::slice::from_ref(&dir), &SearchEnv::default(), None);
-        assert!(specs.get("ir").is_some());
-        assert!(
-            specs.get("python3").is_some_and(|s| s.dir.is_none()),
-            "embedded python3 next to ir"
-        );
-        assert_eq!(specs.default_name(), "python3");
-        std::fs::create_dir_all(dir.join("python3")).unwrap();
-        std::fs::write(
-            dir.join("python3/kernel.json"),
-            br#"{"argv": ["py", "{connection_file}"], "language": "python"}"#,
-        )
-        .unwrap();
-        let specs = KernelSpecs::discover(std::slice::from_ref(&dir), &SearchEnv::default(), None);
-        assert!(
-            specs.get("python3").is_some_and(|s| s.dir.is_some()),
-            "an installed python3 wins"
-        );
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -539,8 +395,7 @@ mod tests {
         std::fs::write(dir.join("logo-64x64.png"), b"png").unwrap();
         std::fs::write(base.join("secret"), b"s").unwrap();
         let _ = std::os::unix::fs::symlink(base.join("secret"), dir.join("link"));
-        let specs = KernelSpecs::discover(&[base.join("kernels")], &SearchEnv::default(), None);
-        let spec = specs.get("k").unwrap();
+        let spec = read_spec("k", &dir).unwrap();
         assert!(spec.resource("logo-64x64.png").is_some());
         for bad in [
             "../secret",
