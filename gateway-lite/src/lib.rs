@@ -6,6 +6,7 @@
 //! it. The pieces, each in its own module, lowest first (a module imports only from those
 //! above it in this list, and from `protocol`):
 //!
+//! - [`tls`]: the TLS files, read and checked into a rustls server configuration.
 //! - [`config`]: command line and environment, parsed once into typed settings.
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
@@ -40,6 +41,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod tasks;
+pub mod tls;
 pub mod token;
 
 use std::io::Write;
@@ -76,6 +78,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth = ?config.edge.auth,
         allow_hosts = ?config.edge.allow_hosts,
         allow_origins = ?config.edge.allow_origins,
+        tls = config.edge.tls.is_some(),
+        base_url = %config.edge.base_url,
         port_range = %config.port_range,
         launcher = %config.launcher.display(),
         launch_timeout = ?config.launch_timeout,
@@ -154,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kernels: kernels.clone(),
         sessions: Arc::default(),
         max_message_bytes: config.max_message_bytes,
+        base_url: config.edge.base_url.clone(),
     };
     let app = api::router(
         state,
@@ -164,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             allow_hosts: config.edge.allow_hosts.clone(),
             allow_origins: config.edge.allow_origins.clone(),
+            https: config.edge.tls.is_some(),
         },
     );
     let listener = tokio::net::TcpListener::bind((config.ip, config.port))
@@ -191,7 +197,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "gateway-lite listening on http://{addr}/{query}");
+    let scheme = if config.edge.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = &config.edge.base_url;
+    let _ = writeln!(
+        out,
+        "gateway-lite listening on {scheme}://{addr}{base}{query}"
+    );
     let _ = out.flush();
     let closing = tasks.clone();
     tasks.spawn_until_stopped(async move {
@@ -208,6 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_connections: config.edge.max_connections,
             header_read_timeout: server::HEADER_READ_TIMEOUT,
         },
+        config.edge.tls.clone(),
     )
     .await;
     // No new requests: now every kernel, then every task.

@@ -9,8 +9,9 @@
 //!    with `--allow-host`: a rebound DNS name is refused (403).
 //! 2. `OPTIONS` (CORS preflight) is answered here with 204, with CORS headers only for an
 //!    allowed origin.
-//! 3. **`Origin`**, when a browser sends one, must be the gateway's own (same host and port)
-//!    or one given with `--allow-origin`, for a WebSocket upgrade and every request that is
+//! 3. **`Origin`**, when a browser sends one, must be the gateway's own (same host and port;
+//!    `https` when the gateway serves TLS, either scheme otherwise, as a TLS-terminating proxy
+//!    may stand in front) or one given with `--allow-origin`, for a WebSocket upgrade and every request that is
 //!    not a GET or HEAD (403 otherwise). Clients that are not browsers send none.
 //! 4. **The token** (`Authorization: token T`, `Bearer T`, or `?token=T` since browsers
 //!    cannot set headers on WebSockets), compared in constant time; 401 without it, as
@@ -44,6 +45,8 @@ pub struct AuthPolicy {
     pub allow_hosts: Vec<String>,
     /// Origins allowed besides the gateway's own; `*` allows any.
     pub allow_origins: Vec<String>,
+    /// The gateway serves TLS: its own origin is `https://…` only.
+    pub https: bool,
 }
 
 /// The middleware.
@@ -72,7 +75,7 @@ pub async fn layer(State(policy): State<Arc<AuthPolicy>>, req: Request, next: Ne
         .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
     let cross = origin
         .as_deref()
-        .filter(|o| !same_origin(o, host.as_deref()));
+        .filter(|o| !same_origin(o, host.as_deref(), policy.https));
     let cors = cross.filter(|o| origin_allowed(o, &policy.allow_origins));
     if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
@@ -146,14 +149,15 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 }
 
 /// Whether `origin` (lower case, no trailing slash) is the gateway's own: its host and port
-/// are those of the request's `Host`.
-fn same_origin(origin: &str, host: Option<&str>) -> bool {
+/// are those of the request's `Host`, and its scheme is `https` for a gateway serving TLS
+/// (`https`), `http` or `https` otherwise (TLS may end at a proxy in front).
+fn same_origin(origin: &str, host: Option<&str>, https: bool) -> bool {
     let Some(host) = host else { return false };
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
     let default = match scheme {
-        "http" => ":80",
+        "http" if !https => ":80",
         "https" => ":443",
         _ => return false,
     };
@@ -265,12 +269,66 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(same_origin("http://127.0.0.1:8888", Some("127.0.0.1:8888")));
-        assert!(same_origin("https://gw.example", Some("gw.example:443")));
-        assert!(same_origin("http://gw.example:80", Some("gw.example")));
-        assert!(!same_origin("http://evil.example", Some("127.0.0.1:8888")));
-        assert!(!same_origin("null", Some("127.0.0.1:8888")));
-        assert!(!same_origin("http://127.0.0.1:8888", None));
+        for https in [false, true] {
+            assert!(same_origin(
+                "https://127.0.0.1:8888",
+                Some("127.0.0.1:8888"),
+                https
+            ));
+            assert!(same_origin(
+                "https://gw.example",
+                Some("gw.example:443"),
+                https
+            ));
+            assert!(same_origin(
+                "https://gw.example:443",
+                Some("gw.example"),
+                https
+            ));
+            assert!(!same_origin(
+                "https://evil.example",
+                Some("127.0.0.1:8888"),
+                https
+            ));
+            assert!(!same_origin(
+                "https://gw.example:8443",
+                Some("gw.example"),
+                https
+            ));
+            assert!(!same_origin("null", Some("127.0.0.1:8888"), https));
+            assert!(!same_origin("https://127.0.0.1:8888", None, https));
+            assert!(!same_origin(
+                "ftp://127.0.0.1:8888",
+                Some("127.0.0.1:8888"),
+                https
+            ));
+        }
+        assert!(same_origin(
+            "http://127.0.0.1:8888",
+            Some("127.0.0.1:8888"),
+            false
+        ));
+        assert!(same_origin(
+            "http://gw.example:80",
+            Some("gw.example"),
+            false
+        ));
+        assert!(!same_origin(
+            "http://evil.example",
+            Some("127.0.0.1:8888"),
+            false
+        ));
+        // A gateway serving TLS: a page served over plain HTTP is another origin.
+        assert!(!same_origin(
+            "http://127.0.0.1:8888",
+            Some("127.0.0.1:8888"),
+            true
+        ));
+        assert!(!same_origin(
+            "http://gw.example",
+            Some("gw.example:80"),
+            true
+        ));
         let allowed = vec!["https://lab.example".to_owned()];
         assert!(origin_allowed("https://lab.example", &allowed));
         assert!(!origin_allowed("https://evil.example", &allowed));

@@ -7,13 +7,15 @@
 //! (and its environment variable) and say how to fix it; `main` exits 64 (`EX_USAGE`) on them.
 //!
 //! The types here flow down: the registry, the provisioners and the kernelspec search take
-//! them, and this module imports nothing from the rest of the gateway. The raw command line
+//! them, and this module imports nothing from the rest of the gateway but [`crate::tls`],
+//! which reads and checks the TLS files at start. The raw command line
 //! and its checks are in [`cli`]; the syntax of names that reach other programs (ssh
 //! destinations, Docker images and networks) is in [`names`].
 
 mod args;
 mod cli;
 mod edge;
+mod listen;
 pub mod names;
 mod provisioning;
 mod settings;
