@@ -158,6 +158,148 @@ fn normalise_base_url(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    use crate::config::test_parse as parse;
+
+    /// A directory with `cert.pem` and `key.pem` (self-signed, for localhost), `other.pem` (a
+    /// key of another certificate) and `garbage.pem`; removed on drop.
+    struct Files(PathBuf);
+
+    impl Files {
+        fn new() -> Files {
+            let dir = std::env::temp_dir().join(format!("gl-tls-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let ours = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(dir.join("cert.pem"), ours.cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), ours.signing_key.serialize_pem()).unwrap();
+            std::fs::write(dir.join("other.pem"), other.signing_key.serialize_pem()).unwrap();
+            std::fs::write(dir.join("garbage.pem"), "-----BEGIN CERTIFICATE-----\n!!\n").unwrap();
+            Files(dir)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start() {
+        let f = Files::new();
+        let (cert, key) = (f.path("cert.pem"), f.path("key.pem"));
+        let c = parse(&["--certfile", &cert, "--keyfile", &key]).unwrap();
+        let tls = c.edge.tls.expect("TLS is on");
+        assert_eq!(tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert!(parse(&[]).unwrap().edge.tls.is_none(), "off by default");
+        // Enterprise Gateway's names (EG_CERTFILE, EG_KEYFILE) are second names.
+        let c = parse(&["--eg-certfile", &cert, "--eg-keyfile", &key]).unwrap();
+        assert!(c.edge.tls.is_some());
+        let c = parse(&["--certfile", &cert, "--keyfile", &key, "--client-ca", &cert]).unwrap();
+        assert!(c.edge.tls.is_some(), "mutual TLS");
+
+        // (arguments, the option the error names, words of the problem)
+        let missing = f.path("missing.pem");
+        let other = f.path("other.pem");
+        let garbage = f.path("garbage.pem");
+        let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+            (
+                vec!["--certfile", &cert],
+                "--certfile and --keyfile",
+                "without --keyfile",
+            ),
+            (
+                vec!["--keyfile", &key],
+                "--certfile and --keyfile",
+                "without --certfile",
+            ),
+            (
+                vec!["--client-ca", &cert],
+                "--client-ca",
+                "--certfile and --keyfile",
+            ),
+            (
+                vec!["--certfile", &cert, "--keyfile", &missing],
+                "--keyfile",
+                "cannot read",
+            ),
+            (
+                vec!["--certfile", &missing, "--keyfile", &key],
+                "--certfile",
+                "cannot read",
+            ),
+            (
+                vec!["--certfile", &key, "--keyfile", &key],
+                "--certfile",
+                "no PEM certificate",
+            ),
+            (
+                vec!["--certfile", &cert, "--keyfile", &cert],
+                "--keyfile",
+                "no PEM private key",
+            ),
+            (
+                vec!["--certfile", &cert, "--keyfile", &other],
+                "--keyfile",
+                "does not belong",
+            ),
+            (
+                vec!["--certfile", &garbage, "--keyfile", &key],
+                "--certfile",
+                "PEM",
+            ),
+            (
+                vec!["--eg-certfile", &cert, "--eg-keyfile", &other],
+                "EG_KEYFILE",
+                "does not belong",
+            ),
+            (
+                vec!["--certfile", &cert, "--keyfile", &key, "--client-ca", &key],
+                "--client-ca",
+                "no PEM certificate",
+            ),
+            (
+                vec![
+                    "--certfile",
+                    &cert,
+                    "--keyfile",
+                    &key,
+                    "--eg-client-ca",
+                    &missing,
+                ],
+                "EG_CLIENT_CA",
+                "cannot read",
+            ),
+        ];
+        for (args, option, words) in cases {
+            let e = parse(&args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+            assert!(e.problem.contains(words), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn base_url_option() {
+        assert_eq!(parse(&[]).unwrap().edge.base_url, "/");
+        assert_eq!(parse(&["--base-url", "gw"]).unwrap().edge.base_url, "/gw/");
+        assert_eq!(
+            parse(&["--eg-base-url", "/eg"]).unwrap().edge.base_url,
+            "/eg/"
+        );
+        let c = parse(&["--base-url", "/ours/", "--eg-base-url", "/eg"]).unwrap();
+        assert_eq!(c.edge.base_url, "/ours/", "the gateway-lite name wins");
+        for bad in ["/a/../b", "/gw?x", "/gw#x", "/g w"] {
+            let e = parse(&["--base-url", bad]).unwrap_err();
+            assert!(e.option.starts_with("--base-url"), "{bad:?}: {e}");
+        }
+        let e = parse(&["--eg-base-url", "/a b"]).unwrap_err();
+        assert!(e.option.starts_with("EG_BASE_URL"), "{e}");
+    }
+
     #[test]
     fn base_urls_are_normalised() {
         for (given, want) in [
