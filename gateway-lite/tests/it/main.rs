@@ -8,6 +8,7 @@ mod shape;
 mod soak;
 mod ssh;
 mod support;
+mod tls;
 mod trust;
 mod ws;
 
