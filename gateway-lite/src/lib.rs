@@ -6,8 +6,8 @@
 //! it. The pieces, each in its own module, lowest first (a module imports only from those
 //! above it in this list, and from `protocol`):
 //!
-//! - [`tls`]: the TLS files, read and checked into a rustls server configuration.
-//! - [`config`]: command line and environment, parsed once into typed settings.
+//! - [`config`]: command line and environment, parsed once into typed settings (the TLS
+//!   files too, checked into a rustls server configuration).
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
 //! - [`kernelspecs`]: finding kernelspecs and turning one into a launcher command line.
@@ -41,7 +41,6 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod tasks;
-pub mod tls;
 pub mod token;
 
 use std::io::Write;

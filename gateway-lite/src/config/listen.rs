@@ -3,7 +3,7 @@
 //!
 //! Both have Enterprise Gateway's variables as second names (`EG_CERTFILE`, `EG_KEYFILE`,
 //! `EG_CLIENT_CA`, `EG_BASE_URL`), read when the gateway-lite ones are absent. The TLS files
-//! are read and checked here, at start ([`crate::tls`]), so a wrong file is a configuration
+//! are read and checked here, at start ([`super::tls`]), so a wrong file is a configuration
 //! error naming its option, not a failure at every handshake.
 
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::args::Args;
 use super::settings::ConfigError;
-use crate::tls::{TlsFile, TlsFiles, server_config};
+use super::tls::{TlsFile, TlsFiles, server_config};
 
 const CERTFILE: &str = "--certfile (env GATEWAY_LITE_CERTFILE)";
 const EG_CERTFILE: &str = "EG_CERTFILE (--certfile)";

@@ -3,9 +3,10 @@
 //!
 //! The files are read at start, not at the first connection, so that a wrong path, a key
 //! that belongs to another certificate or a CA bundle without certificates stops the gateway
-//! with the file named, instead of failing every handshake afterwards. The configuration
-//! ([`crate::config`]) calls [`server_config`] and turns a [`TlsError`] into a configuration
-//! error naming the option; the server ([`crate::server`]) only wraps accepted connections.
+//! with the file named, instead of failing every handshake afterwards; that is why this is
+//! part of the configuration. [`super::listen`] calls [`server_config`] and turns a
+//! [`TlsError`] into a configuration error naming the option; the server
+//! (`crate::server`) only wraps accepted connections with the result.
 //!
 //! The crypto provider is `ring`, handed to rustls explicitly (no process-wide default is
 //! installed): it builds with nothing but a C compiler, where aws-lc (rustls's default) needs
