@@ -103,8 +103,8 @@ impl hyper::service::Service<Request<Incoming>> for Eager {
 }
 
 /// Serves `router` on `listener` until the gateway closes ([`Tasks::closing`]), then lets
-/// each connection finish its request (bounded) and returns. With `tls`, each connection is
-/// a TLS one (see [`connection`]).
+/// each connection finish its request (bounded) and returns. With `tls`, every connection
+/// is TLS, its handshake done in the connection's own task under the header-read deadline.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

@@ -11,8 +11,9 @@
 //!    allowed origin.
 //! 3. **`Origin`**, when a browser sends one, must be the gateway's own (same host and port;
 //!    `https` when the gateway serves TLS, either scheme otherwise, as a TLS-terminating proxy
-//!    may stand in front) or one given with `--allow-origin`, for a WebSocket upgrade and every request that is
-//!    not a GET or HEAD (403 otherwise). Clients that are not browsers send none.
+//!    may stand in front) or one given with `--allow-origin`, for a WebSocket upgrade and
+//!    every request that is not a GET or HEAD (403 otherwise). Clients that are not browsers
+//!    send none.
 //! 4. **The token** (`Authorization: token T`, `Bearer T`, or `?token=T` since browsers
 //!    cannot set headers on WebSockets), compared in constant time; 401 without it, as
 //!    Enterprise Gateway's `TokenAuthorizationMixin`. Off only with `--no-auth`, which the
@@ -269,66 +270,29 @@ mod tests {
 
     #[test]
     fn origins() {
-        for https in [false, true] {
-            assert!(same_origin(
-                "https://127.0.0.1:8888",
-                Some("127.0.0.1:8888"),
-                https
-            ));
-            assert!(same_origin(
-                "https://gw.example",
-                Some("gw.example:443"),
-                https
-            ));
-            assert!(same_origin(
-                "https://gw.example:443",
-                Some("gw.example"),
-                https
-            ));
-            assert!(!same_origin(
-                "https://evil.example",
-                Some("127.0.0.1:8888"),
-                https
-            ));
-            assert!(!same_origin(
-                "https://gw.example:8443",
-                Some("gw.example"),
-                https
-            ));
-            assert!(!same_origin("null", Some("127.0.0.1:8888"), https));
-            assert!(!same_origin("https://127.0.0.1:8888", None, https));
-            assert!(!same_origin(
-                "ftp://127.0.0.1:8888",
-                Some("127.0.0.1:8888"),
-                https
-            ));
+        // (origin, Host, same origin for a plain-HTTP gateway, for a TLS one)
+        let cases = [
+            ("https://127.0.0.1:8888", Some("127.0.0.1:8888"), true, true),
+            ("https://gw.example", Some("gw.example:443"), true, true),
+            ("https://gw.example:443", Some("gw.example"), true, true),
+            ("https://gw.example:8443", Some("gw.example"), false, false),
+            ("https://evil.example", Some("127.0.0.1:8888"), false, false),
+            ("http://127.0.0.1:8888", Some("127.0.0.1:8888"), true, false),
+            ("http://gw.example:80", Some("gw.example"), true, false),
+            ("http://gw.example", Some("gw.example:80"), true, false),
+            ("http://evil.example", Some("127.0.0.1:8888"), false, false),
+            ("ftp://127.0.0.1:8888", Some("127.0.0.1:8888"), false, false),
+            ("null", Some("127.0.0.1:8888"), false, false),
+            ("https://127.0.0.1:8888", None, false, false),
+        ];
+        for (origin, host, plain, tls) in cases {
+            assert_eq!(same_origin(origin, host, false), plain, "{origin} {host:?}");
+            assert_eq!(
+                same_origin(origin, host, true),
+                tls,
+                "{origin} {host:?} (TLS)"
+            );
         }
-        assert!(same_origin(
-            "http://127.0.0.1:8888",
-            Some("127.0.0.1:8888"),
-            false
-        ));
-        assert!(same_origin(
-            "http://gw.example:80",
-            Some("gw.example"),
-            false
-        ));
-        assert!(!same_origin(
-            "http://evil.example",
-            Some("127.0.0.1:8888"),
-            false
-        ));
-        // A gateway serving TLS: a page served over plain HTTP is another origin.
-        assert!(!same_origin(
-            "http://127.0.0.1:8888",
-            Some("127.0.0.1:8888"),
-            true
-        ));
-        assert!(!same_origin(
-            "http://gw.example",
-            Some("gw.example:80"),
-            true
-        ));
         let allowed = vec!["https://lab.example".to_owned()];
         assert!(origin_allowed("https://lab.example", &allowed));
         assert!(!origin_allowed("https://evil.example", &allowed));

@@ -11,9 +11,9 @@
 //! The crypto provider is `ring`, handed to rustls explicitly (no process-wide default is
 //! installed): it builds with nothing but a C compiler, where aws-lc (rustls's default) needs
 //! a larger C and assembly build. Its cost: no post-quantum hybrid key exchange, for which
-//! rustls marks the ring provider deprecated. Only HTTP/1.1 is offered (ALPN `http/1.1`): the gateway speaks nothing else.
-//! With a client CA every client must present a certificate that CA signed (mutual TLS); the
-//! token is still required on top of it.
+//! rustls marks the ring provider deprecated. Only HTTP/1.1 is offered (ALPN `http/1.1`): the
+//! gateway speaks nothing else. With a client CA every client must present a certificate that
+//! CA signed (mutual TLS); the token is still required on top of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
