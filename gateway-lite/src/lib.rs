@@ -6,7 +6,8 @@
 //! it. The pieces, each in its own module, lowest first (a module imports only from those
 //! above it in this list, and from `protocol`):
 //!
-//! - [`config`]: command line and environment, parsed once into typed settings.
+//! - [`config`]: command line and environment, parsed once into typed settings (the TLS
+//!   files too, checked into a rustls server configuration).
 //! - [`logging`]: the gateway's own log, as text or JSON lines.
 //! - [`tasks`]: the tracker every background task runs on, and the one stop signal.
 //! - [`metrics`]: Prometheus counters, and the text format.
@@ -78,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth = ?config.edge.auth,
         allow_hosts = ?config.edge.allow_hosts,
         allow_origins = ?config.edge.allow_origins,
+        tls = config.edge.tls.is_some(),
+        base_url = %config.edge.base_url,
         port_range = %config.port_range,
         launcher = %config.launcher.display(),
         launch_timeout = ?config.launch_timeout,
@@ -143,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kernels: kernels.clone(),
         sessions: Arc::default(),
         max_message_bytes: config.max_message_bytes,
+        base_url: config.edge.base_url.clone(),
     };
     let app = api::router(
         state,
@@ -153,6 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             allow_hosts: config.edge.allow_hosts.clone(),
             allow_origins: config.edge.allow_origins.clone(),
+            https: config.edge.tls.is_some(),
         },
     );
     let listener = tokio::net::TcpListener::bind((config.ip, config.port))
@@ -180,7 +185,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "gateway-lite listening on http://{addr}/{query}");
+    let scheme = if config.edge.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = &config.edge.base_url;
+    let _ = writeln!(
+        out,
+        "gateway-lite listening on {scheme}://{addr}{base}{query}"
+    );
     let _ = out.flush();
     let closing = tasks.clone();
     tasks.spawn_until_stopped(async move {
@@ -197,6 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_connections: config.edge.max_connections,
             header_read_timeout: server::HEADER_READ_TIMEOUT,
         },
+        config.edge.tls.clone(),
     )
     .await;
     // No new requests: now every kernel, then every task.

@@ -2,8 +2,9 @@
 //! and a graceful end.
 //!
 //! Each accepted connection gets `TCP_NODELAY` (Nagle's algorithm would hold small WebSocket
-//! frames back for up to ~40 ms), a deadline for its request headers, and a place under the
-//! connection cap; a connection over the cap is closed at once. Connections are served by
+//! frames back for up to ~40 ms), a deadline for its request headers (and, with TLS, the same
+//! deadline for its handshake, which runs in the connection's own task), and a place under
+//! the connection cap; a connection over the cap is closed at once. Connections are served by
 //! hyper's HTTP/1 with upgrades (the kernel WebSocket) as tracked tasks. When the gateway
 //! closes, each connection finishes the request it is on and ends ([`serve`]).
 //!
@@ -30,8 +31,10 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use crate::api::ApiError;
@@ -53,9 +56,10 @@ pub struct Bounds {
     pub header_read_timeout: Duration,
 }
 
-/// Whether `method path` is carried out even if its client leaves (see the module).
+/// Whether `method path` is carried out even if its client leaves (see the module). `path`
+/// may be under a base URL (`/prefix/api/kernels`).
 pub fn carried(method: &Method, path: &str) -> bool {
-    let kernel_start = path.trim_end_matches('/') == "/api/kernels";
+    let kernel_start = path.trim_end_matches('/').ends_with("/api/kernels");
     match *method {
         Method::DELETE | Method::PATCH => true,
         Method::POST => !kernel_start,
@@ -105,9 +109,17 @@ impl hyper::service::Service<Request<Incoming>> for Eager {
 }
 
 /// Serves `router` on `listener` until the gateway closes ([`Tasks::closing`]), then lets
-/// each connection finish its request (bounded) and returns.
-pub async fn serve(listener: TcpListener, router: Router, tasks: Tasks, bounds: Bounds) {
+/// each connection finish its request (bounded) and returns. With `tls`, every connection
+/// is TLS, its handshake done in the connection's own task under the header-read deadline.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tasks: Tasks,
+    bounds: Bounds,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
+    let tls = tls.map(TlsAcceptor::from);
     let service = Eager {
         router,
         tasks: tasks.clone(),
@@ -137,38 +149,80 @@ pub async fn serve(listener: TcpListener, router: Router, tasks: Tasks, bounds: 
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY failed: {e}");
         }
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(bounds.header_read_timeout);
-        let service = Eager {
-            peer: Some(peer),
-            ..service.clone()
+        let conn = Connection {
+            service: Eager {
+                peer: Some(peer),
+                ..service.clone()
+            },
+            bounds,
+            closing: closing.clone(),
+            peer,
         };
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        let closing = closing.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            tokio::pin!(conn);
-            let done = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                () = closing.cancelled() => None,
-            };
-            let r = match done {
-                Some(r) => r,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(CLOSE_DEADLINE, conn).await {
-                        Ok(r) => r,
-                        Err(_) => return,
-                    }
-                }
-            };
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection ended: {e}");
+            match tls {
+                None => conn.serve(tcp).await,
+                Some(tls) => conn.serve_tls(tls, tcp).await,
             }
             drop(permit);
         });
+    }
+}
+
+/// One accepted connection, served in its own task (holding its place under the cap).
+struct Connection {
+    service: Eager,
+    bounds: Bounds,
+    closing: CancellationToken,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// The TLS handshake, then HTTP over it. The handshake runs here, in the connection's
+    /// task, never in the accept loop, and has the header-read deadline: a client that opens
+    /// the connection and never finishes its handshake holds its place that long at most.
+    async fn serve_tls(self, tls: TlsAcceptor, tcp: TcpStream) {
+        let peer = self.peer;
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(self.bounds.header_read_timeout, tls.accept(tcp)) => r,
+            () = self.closing.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time"),
+        }
+    }
+
+    /// HTTP/1.1 with upgrades on `io` until the client or the gateway closes it.
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.bounds.header_read_timeout);
+        let conn = http
+            .serve_connection(TokioIo::new(io), self.service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let done = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            () = self.closing.cancelled() => None,
+        };
+        let r = match done {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(CLOSE_DEADLINE, conn).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(peer = %self.peer, "connection ended: {e}");
+        }
     }
 }
 
@@ -186,5 +240,16 @@ mod tests {
         assert!(!carried(&Method::POST, "/api/kernels"));
         assert!(!carried(&Method::POST, "/api/kernels/"));
         assert!(!carried(&Method::GET, "/api/kernels/k"));
+    }
+
+    #[test]
+    fn under_a_base_url_too() {
+        assert!(carried(&Method::DELETE, "/gw/api/kernels/k"));
+        assert!(carried(&Method::POST, "/a/b/api/kernels/k/interrupt"));
+        assert!(carried(&Method::PATCH, "/gw/api/sessions/s"));
+        assert!(carried(&Method::POST, "/gw/api/sessions"));
+        assert!(!carried(&Method::POST, "/gw/api/kernels"));
+        assert!(!carried(&Method::POST, "/a/b/api/kernels/"));
+        assert!(!carried(&Method::GET, "/gw/api/kernels/k"));
     }
 }

@@ -1,6 +1,7 @@
 """Jupyter Server 2 (--gateway-url) in front of gateway-lite, driven through Jupyter Server's
 own REST API and WebSocket, as JupyterLab would drive it: create a session, run cells,
-interrupt, restart, shut down (DELETE the session), each checked on gateway-lite's side too.
+interrupt, restart, shut down (DELETE the session), each checked on gateway-lite's side too;
+and the same over mutual TLS, with gateway-lite under a base URL.
 
 Real peers only: gateway-lite and kernel-launcher from target/debug (or $GATEWAY_LITE,
 $KERNEL_LAUNCHER), ipykernel from $KL_PY_KERNEL, Jupyter Server from the venv running this
@@ -13,12 +14,14 @@ Run:  source ~/.cache/kernel-launcher/env.sh && cargo build -p launcher -p gatew
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
+import requests
 
 from support.gateway import run_gateway, run_jupyter
 
@@ -176,3 +179,85 @@ def test_requested_restart_is_not_announced_as_a_crash(stack):
     finally:
         ch.close()
         http("DELETE", f"{base}/api/kernels/{kid}", token)
+
+
+def make_pki(d) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate it signs,
+    made with the openssl CLI into `d` (no key is ever committed); the paths by name."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=gateway-lite test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, ext in [("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")]:
+        (d / f"{name}.ext").write_text(
+            f"{ext}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+        openssl("req", *ec, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {n: str(d / f"{n}.pem") for n in ["ca", "server", "server-key", "client", "client-key"]}
+
+
+def test_through_jupyter_server_over_mutual_tls_under_a_base_url(peers, tmp_path):
+    """gateway-lite with TLS, a client CA and --base-url /gw/; Jupyter Server 2 as its gateway
+    client over https (GatewayClient.url, ca_certs, client_cert/client_key, auth_token): a
+    session's kernel starts and runs cells over the WebSocket Jupyter Server opens to it.
+
+    The client certificate is also what makes Jupyter Server use ca_certs at all: its
+    GatewayClient (2.21.1) passes ca_certs to its HTTP client only with a client_cert."""
+    pki = make_pki(tmp_path / "pki")
+    specs = {"py": {"argv": peers.ipykernel_argv(), "display_name": "Python (gateway-lite)", "language": "python"}}
+    gw_token = uuid.uuid4().hex
+    tls = ("--certfile", pki["server"], "--keyfile", pki["server-key"], "--client-ca", pki["ca"],
+           "--base-url", "/gw/")
+    with run_gateway(peers, tmp_path / "gw", specs, "py", gw_token, args=tls) as gw:
+        assert gw.url.startswith("https://127.0.0.1:") and gw.url.endswith("/gw"), gw.url
+
+        def direct(url: str) -> requests.Response:
+            # verify per request: a Session's is overridden by REQUESTS_CA_BUNDLE.
+            return requests.get(url, verify=pki["ca"], cert=(pki["client"], pki["client-key"]),
+                                headers={"Authorization": f"token {gw_token}"}, timeout=WAIT)
+
+        assert direct(f"{gw.url}/api").status_code == 200
+        assert direct(f"{gw.url.removesuffix('/gw')}/api").status_code == 404
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(f"{gw.url}/api", verify=pki["ca"], timeout=WAIT)  # no client certificate
+        with pytest.raises(requests.exceptions.RequestException):
+            requests.get(gw.url.replace("https://", "http://", 1) + "/api", timeout=WAIT)  # plain HTTP
+
+        client = [f"--GatewayClient.url={gw.url}/", f"--GatewayClient.ca_certs={pki['ca']}",
+                  f"--GatewayClient.client_cert={pki['client']}", f"--GatewayClient.client_key={pki['client-key']}"]
+        # (run_jupyter adds --GatewayClient.auth_token=<the gateway's token>.)
+        with run_jupyter(peers, tmp_path / "js", gw, app="jupyter-server", extra=client) as js:
+            base, token = js.base, js.token
+            status, specs_seen = http("GET", f"{base}/api/kernelspecs", token)
+            assert status == 200 and "py" in specs_seen["kernelspecs"], specs_seen
+            status, session = http("POST", f"{base}/api/sessions", token,
+                                   {"path": "t.ipynb", "name": "t.ipynb", "type": "notebook",
+                                    "kernel": {"name": "py"}})
+            assert status == 201, f"{session}\n{js.log_tail()}\n{gw.log_tail()}"
+            kid = session["kernel"]["id"]
+            remote = direct(f"{gw.url}/api/kernels/{kid}")
+            assert remote.status_code == 200 and remote.json()["id"] == kid, remote.text
+
+            ws_url = base.replace("http", "ws", 1) + f"/api/kernels/{kid}/channels?session_id={uuid.uuid4().hex}"
+            ch = Channels(ws_url, token)
+            try:
+                out = ch.execute("1+1")
+                assert (out["text"], out["status"]) == ("2", "ok"), f"{out}\n{js.log_tail()}"
+                assert ch.execute("print('over tls')")["text"] == "over tls\n"
+            finally:
+                ch.close()
+
+            status, body = http("DELETE", f"{base}/api/sessions/{session['id']}", token)
+            assert status == 204, body
+            deadline = time.monotonic() + WAIT
+            while any(k["id"] == kid for k in direct(f"{gw.url}/api/kernels").json()):
+                assert time.monotonic() < deadline, f"kernel {kid} still in gateway-lite"
+                time.sleep(0.2)

@@ -123,7 +123,7 @@ class Gateway:
 
     @property
     def host(self) -> str:
-        return self.url.removeprefix("http://")
+        return self.url.split("://", 1)[-1]
 
     def get(self, path: str):
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
@@ -139,12 +139,14 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def run_gateway(peers: Peers, tmp: Path, specs: dict[str, dict], default: str, token: str | None):
+def run_gateway(peers: Peers, tmp: Path, specs: dict[str, dict], default: str, token: str | None,
+                args: tuple[str, ...] = ()):
     """gateway-lite on 127.0.0.1:<free port> serving `specs` (and nothing from the Jupyter paths).
 
     `token`: given to the gateway (through its environment, never its command line); None
     lets the gateway make one, read back from the URL it prints; "" runs it with --no-auth
-    (loopback only), for clients that send no token."""
+    (loopback only), for clients that send no token. `args`: more options (TLS, --base-url);
+    the gateway's URL is the one it prints (https://, with the base URL, for those)."""
     tmp.mkdir(parents=True, exist_ok=True)
     marker = f"gateway-lite-{uuid.uuid4().hex}"
     spec_dir = write_kernelspecs(tmp / "kernelspecs", specs)
@@ -152,6 +154,7 @@ def run_gateway(peers: Peers, tmp: Path, specs: dict[str, dict], default: str, t
            "--launcher", peers.launcher, "--default-kernel-name", default]
     if token == "":
         cmd += ["--no-auth"]
+    cmd += list(args)
     log_path = tmp / "gateway-lite.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     env = isolated_env(tmp, marker)
@@ -162,7 +165,7 @@ def run_gateway(peers: Peers, tmp: Path, specs: dict[str, dict], default: str, t
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env,
                             text=True, start_new_session=True)
     try:
-        line = proc.stdout.readline()  # "... listening on http://127.0.0.1:PORT/[?token=T]"
+        line = proc.stdout.readline()  # "... listening on http[s]://127.0.0.1:PORT/[BASE/][?token=T]"
         if "listening on" not in line:
             pytest.fail(f"gateway-lite did not start: {line!r}\n{log_path.read_text()}", pytrace=False)
         url, _, query = line.split("listening on", 1)[1].strip().partition("/?")
@@ -201,7 +204,9 @@ def run_jupyter(peers: Peers, tmp: Path, gw: Gateway, app: str = "jupyter-server
     token = uuid.uuid4().hex
     root = tmp / "root"
     root.mkdir(exist_ok=True)
-    cmd = [exe, f"--gateway-url={gw.url}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+    # `extra` may name the gateway its own way (--GatewayClient.url=...); traitlets takes one.
+    url = [] if any(a.startswith("--GatewayClient.url=") for a in extra) else [f"--gateway-url={gw.url}"]
+    cmd = [exe, *url, "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", "--ServerApp.allow_root=True",
            "--ServerApp.open_browser=False", f"--ServerApp.root_dir={root}",
            "--GatewayClient.request_timeout=120", *extra]

@@ -9,9 +9,11 @@
 //!    with `--allow-host`: a rebound DNS name is refused (403).
 //! 2. `OPTIONS` (CORS preflight) is answered here with 204, with CORS headers only for an
 //!    allowed origin.
-//! 3. **`Origin`**, when a browser sends one, must be the gateway's own (same host and port)
-//!    or one given with `--allow-origin`, for a WebSocket upgrade and every request that is
-//!    not a GET or HEAD (403 otherwise). Clients that are not browsers send none.
+//! 3. **`Origin`**, when a browser sends one, must be the gateway's own (same host and port;
+//!    `https` when the gateway serves TLS, either scheme otherwise, as a TLS-terminating proxy
+//!    may stand in front) or one given with `--allow-origin`, for a WebSocket upgrade and
+//!    every request that is not a GET or HEAD (403 otherwise). Clients that are not browsers
+//!    send none.
 //! 4. **The token** (`Authorization: token T`, `Bearer T`, or `?token=T` since browsers
 //!    cannot set headers on WebSockets), compared in constant time; 401 without it, as
 //!    Enterprise Gateway's `TokenAuthorizationMixin`. Off only with `--no-auth`, which the
@@ -44,6 +46,8 @@ pub struct AuthPolicy {
     pub allow_hosts: Vec<String>,
     /// Origins allowed besides the gateway's own; `*` allows any.
     pub allow_origins: Vec<String>,
+    /// The gateway serves TLS: its own origin is `https://…` only.
+    pub https: bool,
 }
 
 /// The middleware.
@@ -72,7 +76,7 @@ pub async fn layer(State(policy): State<Arc<AuthPolicy>>, req: Request, next: Ne
         .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
     let cross = origin
         .as_deref()
-        .filter(|o| !same_origin(o, host.as_deref()));
+        .filter(|o| !same_origin(o, host.as_deref(), policy.https));
     let cors = cross.filter(|o| origin_allowed(o, &policy.allow_origins));
     if req.method() == Method::OPTIONS {
         let mut r = StatusCode::NO_CONTENT.into_response();
@@ -146,14 +150,15 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 }
 
 /// Whether `origin` (lower case, no trailing slash) is the gateway's own: its host and port
-/// are those of the request's `Host`.
-fn same_origin(origin: &str, host: Option<&str>) -> bool {
+/// are those of the request's `Host`, and its scheme is `https` for a gateway serving TLS
+/// (`https`), `http` or `https` otherwise (TLS may end at a proxy in front).
+fn same_origin(origin: &str, host: Option<&str>, https: bool) -> bool {
     let Some(host) = host else { return false };
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
     let default = match scheme {
-        "http" => ":80",
+        "http" if !https => ":80",
         "https" => ":443",
         _ => return false,
     };
@@ -265,12 +270,29 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(same_origin("http://127.0.0.1:8888", Some("127.0.0.1:8888")));
-        assert!(same_origin("https://gw.example", Some("gw.example:443")));
-        assert!(same_origin("http://gw.example:80", Some("gw.example")));
-        assert!(!same_origin("http://evil.example", Some("127.0.0.1:8888")));
-        assert!(!same_origin("null", Some("127.0.0.1:8888")));
-        assert!(!same_origin("http://127.0.0.1:8888", None));
+        // (origin, Host, same origin for a plain-HTTP gateway, for a TLS one)
+        let cases = [
+            ("https://127.0.0.1:8888", Some("127.0.0.1:8888"), true, true),
+            ("https://gw.example", Some("gw.example:443"), true, true),
+            ("https://gw.example:443", Some("gw.example"), true, true),
+            ("https://gw.example:8443", Some("gw.example"), false, false),
+            ("https://evil.example", Some("127.0.0.1:8888"), false, false),
+            ("http://127.0.0.1:8888", Some("127.0.0.1:8888"), true, false),
+            ("http://gw.example:80", Some("gw.example"), true, false),
+            ("http://gw.example", Some("gw.example:80"), true, false),
+            ("http://evil.example", Some("127.0.0.1:8888"), false, false),
+            ("ftp://127.0.0.1:8888", Some("127.0.0.1:8888"), false, false),
+            ("null", Some("127.0.0.1:8888"), false, false),
+            ("https://127.0.0.1:8888", None, false, false),
+        ];
+        for (origin, host, plain, tls) in cases {
+            assert_eq!(same_origin(origin, host, false), plain, "{origin} {host:?}");
+            assert_eq!(
+                same_origin(origin, host, true),
+                tls,
+                "{origin} {host:?} (TLS)"
+            );
+        }
         let allowed = vec!["https://lab.example".to_owned()];
         assert!(origin_allowed("https://lab.example", &allowed));
         assert!(!origin_allowed("https://evil.example", &allowed));

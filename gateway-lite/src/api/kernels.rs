@@ -24,7 +24,7 @@ pub(super) async fn list_specs(State(st): State<AppState>) -> Response {
     let specs = st.kernels.specs().await;
     let all: serde_json::Map<String, Value> = specs
         .iter()
-        .map(|s| (s.name.clone(), s.model("/")))
+        .map(|s| (s.name.clone(), s.model(&st.base_url)))
         .collect();
     axum::Json(json!({"default": specs.default_name(), "kernelspecs": all})).into_response()
 }
@@ -37,7 +37,7 @@ pub(super) async fn get_spec(State(st): State<AppState>, Path(name): Path<String
             format!("Kernel spec {name} not found"),
         )
     })?;
-    Ok(axum::Json(spec.model("/")).into_response())
+    Ok(axum::Json(spec.model(&st.base_url)).into_response())
 }
 
 pub(super) async fn spec_resource(
@@ -91,7 +91,7 @@ pub(super) async fn start_kernel(State(st): State<AppState>, body: Bytes) -> Api
     let started = async {
         let name = optional_str(&body, "name")?.filter(|n| !n.is_empty());
         let kernel = st.kernels.start(name, body.get("env")).await?;
-        let location = format!("/api/kernels/{}", kernel.id);
+        let location = format!("{}api/kernels/{}", st.base_url, kernel.id);
         ApiResult::Ok(delivery::created(
             &st.kernels,
             &kernel.id,

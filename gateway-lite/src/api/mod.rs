@@ -26,38 +26,43 @@ pub use error::ApiError;
 pub use request::AppState;
 
 /// Builds the router, with authentication and CORS in front, and the access log in front of
-/// those.
+/// those. Every route is under `state.base_url` (Jupyter's `base_url`); any other path is 404.
 pub fn router(state: AppState, policy: AuthPolicy) -> Router {
+    let base = state.base_url.trim_end_matches('/').to_owned();
+    let at = |path: &str| format!("{base}{path}");
     Router::new()
-        .route("/api", get(kernels::api_info))
-        .route("/api/", get(kernels::api_info))
-        .route("/api/kernelspecs", get(kernels::list_specs))
-        .route("/api/kernelspecs/{name}", get(kernels::get_spec))
+        .route(&at("/api"), get(kernels::api_info))
+        .route(&at("/api/"), get(kernels::api_info))
+        .route(&at("/api/kernelspecs"), get(kernels::list_specs))
+        .route(&at("/api/kernelspecs/{name}"), get(kernels::get_spec))
         .route(
-            "/kernelspecs/{name}/{*resource}",
+            &at("/kernelspecs/{name}/{*resource}"),
             get(kernels::spec_resource),
         )
         .route(
-            "/api/kernels",
+            &at("/api/kernels"),
             get(kernels::list_kernels).post(kernels::start_kernel),
         )
         .route(
-            "/api/kernels/{id}",
+            &at("/api/kernels/{id}"),
             get(kernels::get_kernel).delete(kernels::delete_kernel),
         )
         .route(
-            "/api/kernels/{id}/interrupt",
+            &at("/api/kernels/{id}/interrupt"),
             post(kernels::interrupt_kernel),
         )
-        .route("/api/kernels/{id}/restart", post(kernels::restart_kernel))
-        .route("/api/kernels/{id}/channels", get(kernels::channels))
-        .route("/metrics", get(kernels::metrics))
         .route(
-            "/api/sessions",
+            &at("/api/kernels/{id}/restart"),
+            post(kernels::restart_kernel),
+        )
+        .route(&at("/api/kernels/{id}/channels"), get(kernels::channels))
+        .route(&at("/metrics"), get(kernels::metrics))
+        .route(
+            &at("/api/sessions"),
             get(sessions::list_sessions).post(sessions::create_session),
         )
         .route(
-            "/api/sessions/{id}",
+            &at("/api/sessions/{id}"),
             get(sessions::get_session)
                 .patch(sessions::patch_session)
                 .delete(sessions::delete_session),

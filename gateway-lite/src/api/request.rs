@@ -18,6 +18,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// WebSocket message size limit.
     pub max_message_bytes: usize,
+    /// The path prefix of every route, starting and ending with `/` (`/` for none).
+    pub base_url: String,
 }
 
 /// Parses an optional JSON object body.

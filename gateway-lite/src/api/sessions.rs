@@ -83,7 +83,7 @@ pub(super) async fn create_session(State(st): State<AppState>, body: Bytes) -> A
         kernel_id,
     };
     st.sessions.insert(session.clone());
-    let location = format!("/api/sessions/{}", session.id);
+    let location = format!("{}api/sessions/{}", st.base_url, session.id);
     let model = session_model(&st, &session);
     if new_kernel {
         // A session whose kernel is shut down is gone from the listing too.

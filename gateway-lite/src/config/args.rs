@@ -47,6 +47,34 @@ pub(super) struct Args {
         value_delimiter = ','
     )]
     pub(super) allow_hosts: Vec<String>,
+    /// TLS certificate in PEM (the server's, then any intermediates); with --keyfile the
+    /// gateway speaks HTTPS and WSS only. `EG_CERTFILE` is read too.
+    #[arg(long, env = "GATEWAY_LITE_CERTFILE")]
+    pub(super) certfile: Option<PathBuf>,
+    /// Enterprise Gateway's spelling of --certfile.
+    #[arg(long = "eg-certfile", env = "EG_CERTFILE", hide = true)]
+    pub(super) eg_certfile: Option<PathBuf>,
+    /// The private key of --certfile, in PEM. `EG_KEYFILE` is read too.
+    #[arg(long, env = "GATEWAY_LITE_KEYFILE")]
+    pub(super) keyfile: Option<PathBuf>,
+    /// Enterprise Gateway's spelling of --keyfile.
+    #[arg(long = "eg-keyfile", env = "EG_KEYFILE", hide = true)]
+    pub(super) eg_keyfile: Option<PathBuf>,
+    /// CA certificates in PEM: every client must then present a certificate one of them
+    /// signed (mutual TLS), besides the token. Needs --certfile and --keyfile. `EG_CLIENT_CA`
+    /// is read too.
+    #[arg(long, env = "GATEWAY_LITE_CLIENT_CA")]
+    pub(super) client_ca: Option<PathBuf>,
+    /// Enterprise Gateway's spelling of --client-ca.
+    #[arg(long = "eg-client-ca", env = "EG_CLIENT_CA", hide = true)]
+    pub(super) eg_client_ca: Option<PathBuf>,
+    /// Path prefix every route is served under (Jupyter's base_url), e.g. /gateway/;
+    /// requests outside it get 404. `EG_BASE_URL` is read too.
+    #[arg(long, env = "GATEWAY_LITE_BASE_URL")]
+    pub(super) base_url: Option<String>,
+    /// Enterprise Gateway's spelling of --base-url.
+    #[arg(long = "eg-base-url", env = "EG_BASE_URL", hide = true)]
+    pub(super) eg_base_url: Option<String>,
     /// Open HTTP connections at once; more are closed at once.
     #[arg(long, env = "GATEWAY_LITE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub(super) max_connections: usize,

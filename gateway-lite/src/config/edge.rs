@@ -1,7 +1,7 @@
 //! The options of the HTTP edge: how clients authenticate, which `Host` and `Origin`
-//! headers are accepted, how many connections are open at once, and which ports launchers
-//! may use. Safe by default: without a token one is generated; `--no-auth` is refused unless
-//! the gateway listens on loopback only.
+//! headers are accepted, how many connections are open at once (TLS and the base URL are in
+//! [`super::listen`]), and which ports launchers may use. Safe by default: without a token
+//! one is generated; `--no-auth` is refused unless the gateway listens on loopback only.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::path::Path;
 use protocol::ports::PortRange;
 
 use super::args::Args;
+use super::listen;
 use super::settings::{Auth, ConfigError, Edge, TokenSource};
 
 /// Longest token read from a file or the command line.
@@ -107,6 +108,8 @@ pub(super) fn edge(
         allow_hosts,
         allow_origins,
         max_connections: args.max_connections,
+        tls: listen::tls(args, warnings)?,
+        base_url: listen::base_url(args)?,
     })
 }
 

@@ -9,14 +9,17 @@
 //! The types here flow down: the registry, the provisioners and the kernelspec search take
 //! them, and this module imports nothing from the rest of the gateway. The raw command line
 //! and its checks are in [`cli`]; the syntax of names that reach other programs (ssh
-//! destinations, Docker images and networks) is in [`names`].
+//! destinations, Docker images and networks) is in [`names`]. The TLS files are read and
+//! checked here too, at start ([`tls`]), into the server configuration the listener uses.
 
 mod args;
 mod cli;
 mod edge;
+mod listen;
 pub mod names;
 mod provisioning;
 mod settings;
+mod tls;
 
 pub use settings::*;
 

@@ -262,7 +262,7 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// What guards the HTTP edge.
+/// What guards the HTTP edge, and how it is reached.
 #[derive(Debug, Clone)]
 pub struct Edge {
     /// Token or none.
@@ -273,6 +273,10 @@ pub struct Edge {
     pub allow_origins: Vec<String>,
     /// Open HTTP connections at once.
     pub max_connections: usize,
+    /// TLS, when `--certfile` and `--keyfile` are given: the checked server configuration.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The path prefix of every route, starting and ending with `/` (`/` for none).
+    pub base_url: String,
 }
 
 /// The validated configuration.

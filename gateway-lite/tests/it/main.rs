@@ -12,6 +12,7 @@ mod soak;
 mod specs;
 mod ssh;
 mod support;
+mod tls;
 mod trust;
 mod ws;
 

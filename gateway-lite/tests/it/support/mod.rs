@@ -88,6 +88,8 @@ pub async fn eventually<T: std::fmt::Debug>(
 
 /// A running gateway-lite with its own kernelspec directory.
 pub struct Gateway {
+    /// The URL it printed, without the query: scheme, address and base URL.
+    pub url: String,
     child: Child,
     pub port: u16,
     pub token: Option<String>,
@@ -213,15 +215,15 @@ impl Gateway {
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        // "gateway-lite listening on http://127.0.0.1:PORT/[?token=T]": a gateway started
-        // without a token makes one and shows it here, once.
-        let url = line.trim().rsplit(' ').next().unwrap_or_default();
-        let (address, query) = url
-            .split_once("/?")
-            .unwrap_or((url.trim_end_matches('/'), ""));
-        let port = address
-            .rsplit(':')
+        // "gateway-lite listening on http[s]://127.0.0.1:PORT/[BASE/][?token=T]": a gateway
+        // started without a token makes one and shows it here, once.
+        let shown = line.trim().rsplit(' ').next().unwrap_or_default();
+        let (url, query) = shown.split_once('?').unwrap_or((shown, ""));
+        let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let port = authority
+            .split('/')
             .next()
+            .and_then(|a| a.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
                 panic!(
@@ -231,6 +233,7 @@ impl Gateway {
             });
         let printed = query.strip_prefix("token=").map(str::to_owned);
         Gateway {
+            url: url.to_owned(),
             child,
             port,
             token: opts.token.map(str::to_owned).or(printed),
@@ -502,7 +505,7 @@ impl Drop for Gateway {
     }
 }
 
-fn request_text(
+pub fn request_text(
     method: &str,
     path: &str,
     extra_headers: &str,
@@ -521,7 +524,7 @@ fn request_text(
 }
 
 /// Status, headers (lower-case names) and body of an HTTP response.
-fn parse_response(buf: &[u8]) -> (u16, HashMap<String, String>, String) {
+pub fn parse_response(buf: &[u8]) -> (u16, HashMap<String, String>, String) {
     let text = String::from_utf8_lossy(buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
