@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::error::KernelError;
-use super::kernel::{Command, Kernel, Parts};
+use super::kernel::{Claim, Command, Kernel, Parts};
 use super::launch::{Job, Launcher};
 use super::logs::KernelLogs;
 use super::monitor;
@@ -79,7 +79,7 @@ pub(super) struct StartRequest {
     pub env: std::collections::BTreeMap<String, String>,
     pub timeout: std::time::Duration,
     pub reservation: Reservation,
-    pub reply: oneshot::Sender<Result<Arc<Kernel>, KernelError>>,
+    pub reply: oneshot::Sender<Result<Claim, KernelError>>,
 }
 
 /// Launches a kernel, registers it and replies, then owns it until it is shut down or the
@@ -138,7 +138,11 @@ pub(super) async fn start(ctx: Arc<Context>, mut req: StartRequest) {
     let snapshot = ctx.registry.admit(req.reservation, kernel.clone(), record);
     ctx.registry.persist(snapshot).await;
     let mut owner = Owner::new(ctx, kernel.clone(), commands, process);
-    if req.reply.send(Ok(kernel)).is_err() {
+    if let Err(unsent) = req.reply.send(Ok(Claim::new(kernel))) {
+        if let Ok(claim) = unsent {
+            // Shut down right here, not through the queue.
+            claim.take();
+        }
         tracing::info!(kernel_id = %owner.kernel.id, "the client that asked for this kernel has gone; shutting it down");
         owner.shutdown().await;
         return;

@@ -196,6 +196,7 @@ impl Kernels {
         answer
             .await
             .map_err(|_| KernelError::Cancelled("(the gateway is stopping)".into()))?
+            .map(kernel::Claim::take)
     }
 
     /// Sweeps the logs earlier runs left of kernels that are no longer here (before any
