@@ -44,14 +44,7 @@ fn dist() -> Dist {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::run_ok(cmd, "install tar, coreutils and file")
 }
 
 fn unpack(tarball: &Path, into: &Path) {

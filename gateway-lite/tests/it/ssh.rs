@@ -20,16 +20,7 @@ use crate::support::{self, Gateway, Options, WAIT, processes_of, python};
 const DPP: &str = "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy";
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (install iproute2 and openssh-server)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::run_ok(cmd, "install iproute2 and openssh-server")
 }
 
 fn ip(args: &[&str]) -> String {

@@ -54,6 +54,21 @@ pub fn launcher() -> PathBuf {
     p
 }
 
+/// Runs `cmd`; its stdout, or a panic with its status and stderr (`hint` says what to
+/// install when it cannot start at all).
+pub fn run_ok(cmd: &mut Command, hint: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} ({hint})"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Python with ipykernel: `$KL_PY_KERNEL` or the one in $KL_CACHE/env.sh.
 pub fn python() -> String {
     let p = std::env::var("KL_PY_KERNEL")
