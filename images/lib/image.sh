@@ -19,8 +19,8 @@
 # Environment: KL_CACHE (default ~/.cache/kernel-launcher), KL_STATIC_LAUNCHER (default
 # target/x86_64-unknown-linux-gnu/release/kernel-launcher, built by scripts/build-static.sh when
 # missing), KL_DEBIAN_MIRROR (default: the machine's own apt sources, see image_debian_mirror).
-# Python wheels come from the host's pip with its own configuration (index, find-links,
-# certificates): see image_wheels.
+# Python packages come from the host's pip with its own configuration (index, find-links,
+# certificates; KL_PYTHON picks the python): see image_pip.
 
 IMAGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 IMAGE_CACHE="${KL_CACHE:-$HOME/.cache/kernel-launcher}/images"
@@ -108,32 +108,45 @@ image_debian_mirror() {
     echo "${uri%/}"
 }
 
+# image_pip: prints the python whose pip (with this machine's own pip configuration: index,
+# find-links, certificates) fetches wheels: KL_PYTHON or python3, else the kernel venv of
+# scripts/setup-env.sh (KL_PY_KERNEL), whichever has pip.
+image_pip() {
+    local py
+    for py in "${KL_PYTHON:-python3}" "${KL_PY_KERNEL:-}"; do
+        if [ -n "$py" ] && "$py" -m pip --version >/dev/null 2>&1; then
+            echo "$py"
+            return
+        fi
+    done
+    die "no pip found for Python wheels: ${KL_PYTHON:-python3} has no pip module and KL_PY_KERNEL is unset; install python3-pip, set KL_PYTHON to a python with pip, or run scripts/setup-env.sh and source \$HOME/.cache/kernel-launcher/env.sh"
+}
+
 # image_wheels SPEC...: makes sure a wheel for each pinned SPEC (name==version) is in
-# $IMAGE_WHEELS, building one with the host's pip (its own index configuration) when the index
-# has only a source distribution. Prints nothing.
+# $IMAGE_WHEELS, built by pip when the index has only a source distribution.
 image_wheels() {
-    local pip=(python3 -m pip)
-    "${pip[@]}" --version >/dev/null 2>&1 || die "the host's pip is needed for Python wheels (python3 -m pip)"
+    local py spec name version
+    py="$(image_pip)"
     mkdir -p "$IMAGE_WHEELS"
-    local spec name version
     for spec in "$@"; do
         name="${spec%%==*}" version="${spec#*==}"
         [ "$name" != "$spec" ] || die "image_wheels: pin $spec as NAME==VERSION"
         if compgen -G "$IMAGE_WHEELS/${name//-/_}-$version-*.whl" >/dev/null; then
             continue
         fi
-        log "wheel $spec (host pip)"
-        "${pip[@]}" wheel --no-deps --wheel-dir "$IMAGE_WHEELS" "$spec" >&2
+        log "wheel $spec ($py -m pip)"
+        "$py" -m pip wheel --no-deps --wheel-dir "$IMAGE_WHEELS" "$spec" >&2
     done
 }
 
 # image_pip_install ROOTFS TARGET SPEC...: installs the cached wheels of SPEC... (no index, no
-# dependencies: list them all) into ROOTFS/TARGET with the host's pip.
+# dependencies: list them all) into ROOTFS/TARGET, not compiled (the rootfs's own python
+# compiles them).
 image_pip_install() {
     local rootfs="$1" target="$2"
     shift 2
     image_wheels "$@"
-    python3 -m pip install --no-index --find-links "$IMAGE_WHEELS" --no-deps --no-compile \
+    "$(image_pip)" -m pip install --no-index --find-links "$IMAGE_WHEELS" --no-deps --no-compile \
         --target "$rootfs$target" "$@" >&2
 }
 

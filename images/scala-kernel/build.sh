@@ -29,7 +29,7 @@ source "$lib/image.sh"
 source "$lib/spark.sh"
 
 toree=toree==0.5.0
-toree_jar=toree-assembly-0.5.0-incubating.jar
+toree_jar="toree-assembly-0.5.0-incubating.jar"
 
 # toree_layer STAGE: Toree's assembly jar, taken from its PyPI source distribution.
 toree_layer() {
@@ -37,7 +37,7 @@ toree_layer() {
     sdist="$(compgen -G "$IMAGE_WHEELS/toree-${toree#*==}.tar.gz" || true)"
     if [ -z "$sdist" ]; then
         log "downloading $toree (host pip)"
-        python3 -m pip download --no-deps --no-binary :all: --dest "$IMAGE_WHEELS" "$toree" >&2
+        "$(image_pip)" -m pip download --no-deps --no-binary :all: --dest "$IMAGE_WHEELS" "$toree" >&2
         sdist="$IMAGE_WHEELS/toree-${toree#*==}.tar.gz"
     fi
     local dir="$stage/usr/local/share/toree/lib"
