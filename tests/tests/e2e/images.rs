@@ -161,9 +161,9 @@ impl Run {
         }
     }
 
-    /// Runs `code` in the kernel the payload describes, then shuts it down over ZMQ; returns
-    /// the cell's text output.
-    fn execute_and_shut_down(&self, report: &LaunchReport, code: &str) -> String {
+    /// Runs the `cells` in the kernel the payload describes, then shuts it down over ZMQ;
+    /// returns their text outputs, one line each.
+    fn execute_and_shut_down(&self, report: &LaunchReport, cells: &[&str]) -> String {
         let python = required_path(
             "KL_PY_KERNEL",
             "run scripts/setup-env.sh and source ~/.cache/kernel-launcher/env.sh",
@@ -175,7 +175,7 @@ impl Run {
         let out = Command::new(python)
             .args(["-c", CLIENT])
             .arg(&conn)
-            .arg(code)
+            .args(cells)
             .output()
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -196,8 +196,8 @@ impl Drop for Run {
     }
 }
 
-/// jupyter_client: connect, wait for the kernel, execute argv[2], print its text output,
-/// shut the kernel down (a shutdown_request, as a gateway sends).
+/// jupyter_client: connect, wait for the kernel, execute argv[2:] one by one, print each
+/// cell's text output on a line, shut the kernel down (a shutdown_request, as a gateway sends).
 const CLIENT: &str = r#"
 import sys, time
 from jupyter_client import BlockingKernelClient
@@ -205,22 +205,23 @@ c = BlockingKernelClient()
 c.load_connection_file(sys.argv[1])
 c.start_channels(hb=False)
 c.wait_for_ready(timeout=300)
-msg_id = c.execute(sys.argv[2])
-out, deadline = [], time.time() + 600
-while True:
-    m = c.get_iopub_msg(timeout=max(1, deadline - time.time()))
-    if m["parent_header"].get("msg_id") != msg_id:
-        continue
-    t, x = m["msg_type"], m["content"]
-    if t in ("execute_result", "display_data"):
-        out.append(x["data"].get("text/plain", ""))
-    elif t == "stream":
-        out.append(x["text"])
-    elif t == "error":
-        sys.exit("cell failed: %s: %s" % (x["ename"], x["evalue"]))
-    elif t == "status" and x["execution_state"] == "idle":
-        break
-print("".join(out))
+for code in sys.argv[2:]:
+    msg_id = c.execute(code)
+    out, deadline = [], time.time() + 600
+    while True:
+        m = c.get_iopub_msg(timeout=max(1, deadline - time.time()))
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        t, x = m["msg_type"], m["content"]
+        if t in ("execute_result", "display_data"):
+            out.append(x["data"].get("text/plain", ""))
+        elif t == "stream":
+            out.append(x["text"])
+        elif t == "error":
+            sys.exit("cell %r failed: %s: %s" % (code, x["ename"], x["evalue"]))
+        elif t == "status" and x["execution_state"] == "idle":
+            break
+    print("".join(out).strip())
 c.shutdown()
 "#;
 
@@ -232,15 +233,15 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// EG's way: environment only, `--user KERNEL_UID:KERNEL_GID`; one cell; shutdown; exit 0.
-fn cell_in(image: &str, code: &str, extra_env: &[(&str, &str)]) -> String {
+/// EG's way: environment only, `--user KERNEL_UID:KERNEL_GID`; the cells; shutdown; exit 0.
+fn cells_in(image: &str, cells: &[&str], extra_env: &[(&str, &str)]) -> String {
     let run = Run::new();
     let mut env = vec![("KERNEL_UID", "1000"), ("KERNEL_GID", "100")];
     env.extend_from_slice(extra_env);
     run.start(image, "1000:100", &env);
     let report = run.payload();
     assert_eq!(report.kernel_id, run.name);
-    let output = run.execute_and_shut_down(&report, code);
+    let output = run.execute_and_shut_down(&report, cells);
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
     let name = run.name.clone();
     drop(run);
@@ -255,9 +256,9 @@ fn cell_in(image: &str, code: &str, extra_env: &[(&str, &str)]) -> String {
 #[test]
 fn python_kernel_image_runs_a_cell() {
     let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
-    let out = cell_in(
+    let out = cells_in(
         &image,
-        "import os; print('py', os.getuid(), os.getgid())",
+        &["import os; print('py', os.getuid(), os.getgid())"],
         &[],
     );
     assert_eq!(out, "py 1000 100");
@@ -266,28 +267,54 @@ fn python_kernel_image_runs_a_cell() {
 #[test]
 fn r_kernel_image_runs_a_cell() {
     let image = image("KL_R_KERNEL_IMAGE", "images/r-kernel/build.sh");
-    assert_eq!(cell_in(&image, "cat(1+1)", &[]), "2");
+    assert_eq!(cells_in(&image, &["cat(1+1)"], &[]), "2");
 }
 
+/// The launcher is PID 1, the driver JVM its child, and the kernel's `spark` (lazy, the
+/// image's default) is attached to that JVM with the default master.
 #[test]
 fn spark_python_kernel_image_counts_with_spark() {
     let image = image(
         "KL_SPARK_KERNEL_IMAGE",
         "images/spark-python-kernel/build.sh",
     );
-    let out = cell_in(
+    let out = cells_in(
         &image,
-        "print(spark.range(10).count(), spark.sparkContext.master)",
+        &[
+            "print(spark.range(10).count(), spark.sparkContext.master)",
+            "import os; print(open('/proc/1/comm').read().strip(), open('/proc/%d/comm' % os.getppid()).read().strip())",
+        ],
         &[],
     );
-    assert_eq!(out, "10 local[*]");
+    assert_eq!(out, "10 local[*]\nkernel-launcher java");
+}
+
+/// KERNEL_SPARK_CONTEXT_INIT_MODE=none defines no `spark`, yet a session the user builds
+/// attaches to the driver JVM, whose master came from SPARK_MASTER.
+#[test]
+fn spark_python_kernel_image_honours_mode_none_and_spark_master() {
+    let image = image(
+        "KL_SPARK_KERNEL_IMAGE",
+        "images/spark-python-kernel/build.sh",
+    );
+    let out = cells_in(
+        &image,
+        &[
+            "from pyspark.sql import SparkSession; print('spark' in globals(), SparkSession.builder.getOrCreate().sparkContext.master)",
+        ],
+        &[
+            ("KERNEL_SPARK_CONTEXT_INIT_MODE", "none"),
+            ("SPARK_MASTER", "local[2]"),
+        ],
+    );
+    assert_eq!(out, "False local[2]");
 }
 
 #[test]
-fn scala_kernel_image_adds_in_scala() {
+fn scala_kernel_image_adds_in_scala_and_counts_with_spark() {
     let image = image("KL_SCALA_KERNEL_IMAGE", "images/scala-kernel/build.sh");
-    let out = cell_in(&image, "1 + 1", &[]);
-    assert!(out == "2" || out.ends_with("= 2"), "Toree answered {out:?}");
+    let out = cells_in(&image, &["1 + 1", "spark.range(10).count()"], &[]);
+    assert_eq!(out, "2\n10", "Toree answered {out:?}");
 }
 
 /// A uid the image does not know (no passwd entry, HOME not its own) still gets a kernel,
@@ -300,7 +327,7 @@ fn python_kernel_image_runs_as_an_unknown_uid() {
     let report = run.payload();
     let out = run.execute_and_shut_down(
         &report,
-        "import os; h = os.environ['HOME']; print(os.getuid(), h != '/home/jovyan', os.access(h, os.W_OK))",
+        &["import os; h = os.environ['HOME']; print(os.getuid(), h != '/home/jovyan', os.access(h, os.W_OK))"],
     );
     assert_eq!(out, "4242 True True", "{}", run.logs());
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
@@ -320,7 +347,7 @@ fn python_kernel_image_started_as_root_switches_to_kernel_uid() {
     let report = run.payload();
     let out = run.execute_and_shut_down(
         &report,
-        "import os; print(os.getuid(), os.geteuid(), os.getgid(), sorted(os.getgroups()))",
+        &["import os; print(os.getuid(), os.geteuid(), os.getgid(), sorted(os.getgroups()))"],
     );
     assert_eq!(out, "4242 4242 4343 [100, 4343]", "{}", run.logs());
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
