@@ -25,7 +25,7 @@ spark_rootfs_hook() {
 spark_rootfs() {
     # python3-cffi-backend and libboost-regex1.74.0: see images/python-kernel/build.sh.
     # libnss-wrapper: lets the JVM see a user name for a uid without a passwd entry (bin/spark-kernel-env).
-    image_rootfs gateway-lite/spark-base bookworm minbase "1 $SPARK_PYSPARK $SPARK_PY4J" spark_rootfs_hook \
+    image_rootfs spark-base bookworm minbase "1 $SPARK_PYSPARK $SPARK_PY4J" spark_rootfs_hook \
         python3-ipykernel python3-cffi-backend libboost-regex1.74.0 openjdk-17-jre-headless \
         libnss-wrapper
 }

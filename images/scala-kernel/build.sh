@@ -50,10 +50,10 @@ toree_layer() {
 
 image_init scala-kernel "$@"
 spark_rootfs
-image_layer "$IMAGE_BASE" gateway-lite/spark-python-kernel-base \
+image_layer "$IMAGE_BASE" spark-python-kernel-base \
     "spark-kernel $(sha256sum "$lib/spark-kernel" | cut -c1-16)" spark_kernel_layer
-image_layer "$IMAGE_BASE" gateway-lite/scala-kernel-base "$toree" toree_layer
-image_finish gateway-lite/scala-kernel \
+image_layer "$IMAGE_BASE" scala-kernel-base "$toree" toree_layer
+image_finish scala-kernel \
     'ENV KERNEL_LANGUAGE=scala' \
     'ENV KERNEL_SPARK_CONTEXT_INIT_MODE=lazy' \
     "ENV SPARK_HOME=$SPARK_HOME_IN_IMAGE"
