@@ -120,6 +120,21 @@ fn python_kernel_image_runs_as_an_unknown_uid() {
     assert!(run.logs().contains("private HOME"), "{}", run.logs());
 }
 
+/// IRkernel as a uid without a passwd entry: R's own start-up needs a writable HOME too.
+#[test]
+fn r_kernel_image_runs_as_an_unknown_uid() {
+    let image = image("KL_R_KERNEL_IMAGE", "images/r-kernel/build.sh");
+    let run = KernelRun::create();
+    run.start(&image, "4242:100", &[]);
+    let report = run.payload();
+    let out = run.execute_and_shut_down(
+        &report,
+        &["cat(system('id -u', intern = TRUE), file.access(Sys.getenv('HOME'), 2) == 0)"],
+    );
+    assert_eq!(out, "4242 TRUE", "{}", run.logs());
+    assert_eq!(run.exit_code(), 0, "{}", run.logs());
+}
+
 /// Started as root, the launcher switches to KERNEL_UID / KERNEL_GID before the kernel runs.
 #[test]
 fn python_kernel_image_started_as_root_switches_to_kernel_uid() {
