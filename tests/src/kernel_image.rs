@@ -152,7 +152,9 @@ impl KernelRun {
     }
 
     /// Runs the `cells` in the kernel the payload describes, then shuts it down over ZMQ;
-    /// returns their text outputs, one line each.
+    /// returns their text outputs, one line each. A cell written `INTERRUPT:<code>` is
+    /// interrupted as a gateway interrupts (`{"signum": 2}` to the comm port) two seconds after
+    /// it started; its line is then the error's name.
     pub fn execute_and_shut_down(&self, report: &LaunchReport, cells: &[&str]) -> String {
         let python = required_path(
             "KL_PY_KERNEL",
@@ -165,6 +167,12 @@ impl KernelRun {
         let out = Command::new(python)
             .args(["-c", CLIENT])
             .arg(&conn)
+            .arg(
+                report
+                    .comm_port
+                    .expect("the payload names a comm port")
+                    .to_string(),
+            )
             .args(cells)
             .output()
             .unwrap();
@@ -186,18 +194,23 @@ impl Drop for KernelRun {
     }
 }
 
-/// jupyter_client: connect, wait for the kernel, execute argv[2:] one by one, print each
-/// cell's text output on a line, shut the kernel down (a shutdown_request, as a gateway sends).
+/// jupyter_client: connect, wait for the kernel, execute argv[3:] one by one (interrupting
+/// `INTERRUPT:` cells through the comm port argv[2]), print each cell's text output (or an
+/// interrupted cell's error name) on a line, shut the kernel down (a shutdown_request, as a
+/// gateway sends).
 const CLIENT: &str = r#"
-import sys, time
+import json, socket, sys, time
 from jupyter_client import BlockingKernelClient
 c = BlockingKernelClient()
 c.load_connection_file(sys.argv[1])
+comm = (c.ip, int(sys.argv[2]))
 c.start_channels(hb=False)
 c.wait_for_ready(timeout=300)
-for code in sys.argv[2:]:
+for code in sys.argv[3:]:
+    interrupt = code.startswith("INTERRUPT:")
+    code = code[len("INTERRUPT:"):] if interrupt else code
     msg_id = c.execute(code)
-    out, deadline = [], time.time() + 600
+    out, errors, deadline = [], [], time.time() + 600
     while True:
         m = c.get_iopub_msg(timeout=max(1, deadline - time.time()))
         if m["parent_header"].get("msg_id") != msg_id:
@@ -207,11 +220,17 @@ for code in sys.argv[2:]:
             out.append(x["data"].get("text/plain", ""))
         elif t == "stream":
             out.append(x["text"])
+        elif t == "error" and interrupt:
+            errors.append(x["ename"])
         elif t == "error":
             sys.exit("cell %r failed: %s: %s" % (code, x["ename"], x["evalue"]))
+        elif t == "status" and x["execution_state"] == "busy" and interrupt:
+            time.sleep(2)
+            with socket.create_connection(comm, timeout=10) as s:
+                s.sendall(json.dumps({"signum": 2}).encode())
         elif t == "status" and x["execution_state"] == "idle":
             break
-    print("".join(out).strip())
+    print(" ".join(errors) if interrupt else "".join(out).strip())
 c.shutdown()
 "#;
 

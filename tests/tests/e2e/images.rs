@@ -57,7 +57,8 @@ fn r_kernel_image_runs_a_cell() {
 }
 
 /// The launcher is PID 1, the driver JVM its child, and the kernel's `spark` (lazy, the
-/// image's default) is attached to that JVM with the default master.
+/// image's default) is attached to that JVM with the default master; a gateway's interrupt
+/// cancels the running Spark job without killing the driver.
 #[test]
 fn spark_python_kernel_image_counts_with_spark() {
     let image = image(
@@ -68,11 +69,15 @@ fn spark_python_kernel_image_counts_with_spark() {
         &image,
         &[
             "print(spark.range(10).count(), spark.sparkContext.master)",
+            "INTERRUPT:sc.parallelize(range(2), 2).map(lambda x: __import__('time').sleep(300)).count()",
+            "print(spark.range(5).count())",
             "import os; print(open('/proc/1/comm').read().strip(), open('/proc/%d/comm' % os.getppid()).read().strip())",
         ],
         &[],
     );
-    assert_eq!(out, "10 local[*]\nkernel-launcher java");
+    // The interrupt cancels the Spark job (Py4JJavaError: the job was cancelled), the driver
+    // survives it, and the next job runs.
+    assert_eq!(out, "10 local[*]\nPy4JJavaError\n5\nkernel-launcher java");
 }
 
 /// KERNEL_SPARK_CONTEXT_INIT_MODE=none defines no `spark`, yet a session the user builds
@@ -99,8 +104,27 @@ fn spark_python_kernel_image_honours_mode_none_and_spark_master() {
 #[test]
 fn scala_kernel_image_adds_in_scala_and_counts_with_spark() {
     let image = image("KL_SCALA_KERNEL_IMAGE", "images/scala-kernel/build.sh");
-    let out = cells_in(&image, &["1 + 1", "spark.range(10).count()"], &[]);
-    assert_eq!(out, "2\n10", "Toree answered {out:?}");
+    let out = cells_in(
+        &image,
+        &[
+            "1 + 1",
+            "INTERRUPT:Thread.sleep(300000)",
+            "spark.range(10).count()",
+        ],
+        &[],
+    );
+    // After an interrupt Toree's REPL also prints its `lastException = null` binding into
+    // the next cell's output; the count is that cell's last line.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        (lines.first(), lines.get(1), lines.last()),
+        (
+            Some(&"2"),
+            Some(&"java.lang.InterruptedException"),
+            Some(&"10")
+        ),
+        "Toree answered {out:?}"
+    );
 }
 
 /// A uid the image does not know (no passwd entry, HOME not its own) still gets a kernel,
