@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kernel image benchmark: builds the four kernel images (images/*/build.sh, cached) and, for
-# each, times `docker run` (EG's way: environment only, --user 1000:100) until a real response
-# listener has the encrypted connection payload; median of RUNS. Prints a Markdown table
+# each, times `docker run` (as EG 3.3's launch_docker.py runs it: environment only,
+# --user 1000) until a real response listener has the encrypted connection payload; median of
+# RUNS. Prints a Markdown table
 # (image, size, median, range) on stdout; build progress goes to stderr.
 #   bench/images.sh [RUNS]      (default 5)
 set -euo pipefail

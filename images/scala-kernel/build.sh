@@ -54,9 +54,7 @@ toree_layer() {
 }
 
 image_init scala-kernel "$@"
-spark_rootfs
-image_layer "$IMAGE_BASE" spark-python-kernel-base \
-    "spark-kernel $(sha256sum "$lib/spark-kernel" | cut -c1-16)" spark_kernel_layer
+spark_base
 image_layer "$IMAGE_BASE" scala-kernel-base "$toree" toree_layer
 image_finish scala-kernel \
     'ENV KERNEL_LANGUAGE=scala' \

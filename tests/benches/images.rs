@@ -1,6 +1,6 @@
 //! Benchmark: how fast each kernel image delivers its connection payload. For every image,
 //! RUNS times: `docker run` as Enterprise Gateway's Docker launchers do (environment only,
-//! `--user 1000:100`), timed from the start of `docker run` until a real response listener has
+//! `--user 1000`), timed from the start of `docker run` until a real response listener has
 //! received the whole encrypted payload (and decrypted it, outside the timing). Prints a Markdown
 //! table: image, size, median and range. Run with `bench/images.sh` (builds the images), or
 //! `KL_BENCH_IMAGES="python=IMAGE r=IMAGE ..." cargo bench -p e2e --bench images -- [RUNS]`.
@@ -32,11 +32,7 @@ fn main() {
         for _ in 0..runs {
             let run = KernelRun::create();
             let start = Instant::now();
-            run.start(
-                image,
-                "1000:100",
-                &[("KERNEL_UID", "1000"), ("KERNEL_GID", "100")],
-            );
+            run.start_like_eg(image, &[]);
             let report = run.payload();
             ms.push(start.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(report.kernel_id, run.name);

@@ -85,21 +85,46 @@ impl KernelRun {
         panic!("cannot create a docker network: {last}");
     }
 
-    /// `docker run -d` with EG's environment; `user` is `--user`, `env` extra variables.
+    /// `docker run -d --user USER` with EG's launch variables and `env`.
     pub fn start(&self, image: &str, user: &str, env: &[(&str, &str)]) {
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &self.name,
-            "--network",
-            &self.name,
-            "--user",
-            user,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        self.start_with(image, &["--user", user], env);
+    }
+
+    /// What EG 3.3's `launch_docker.py` does: `user=KERNEL_UID` (a bare uid, so the image's
+    /// passwd decides the primary group), `group_add=[KERNEL_GID, "100"]`, and the environment
+    /// of the gateway's launch (all of it but PATH, so also the gateway's own HOME) plus the
+    /// launch variables and `env`. KERNEL_UID / KERNEL_GID default to EG's 1000 / 100.
+    pub fn start_like_eg(&self, image: &str, env: &[(&str, &str)]) {
+        let get = |k: &str, default: &'static str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map_or(default, |(_, v)| *v)
+                .to_string()
+        };
+        let (uid, gid) = (get("KERNEL_UID", "1000"), get("KERNEL_GID", "100"));
+        let mut all = vec![
+            ("KERNEL_UID", uid.as_str()),
+            ("KERNEL_GID", gid.as_str()),
+            ("HOME", "/home/gateway-operator"),
+        ];
+        all.extend(
+            env.iter()
+                .filter(|(n, _)| *n != "KERNEL_UID" && *n != "KERNEL_GID"),
+        );
+        self.start_with(
+            image,
+            &["--user", &uid, "--group-add", &gid, "--group-add", "100"],
+            &all,
+        );
+    }
+
+    /// `docker run -d DOCKER_ARGS` with EG's launch variables and `env`.
+    pub fn start_with(&self, image: &str, docker_args: &[&str], env: &[(&str, &str)]) {
+        let mut args: Vec<String> = ["run", "-d", "--name", &self.name, "--network", &self.name]
+            .iter()
+            .chain(docker_args)
+            .map(|s| s.to_string())
+            .collect();
         let public_key = self.key.public_key().to_eg_string();
         let mut all = vec![
             ("KERNEL_ID", self.name.as_str()),

@@ -19,12 +19,11 @@ fn image(var: &str, script: &str) -> String {
     }
 }
 
-/// EG's way: environment only, `--user KERNEL_UID:KERNEL_GID`; the cells; shutdown; exit 0.
-fn cells_in(image: &str, cells: &[&str], extra_env: &[(&str, &str)]) -> String {
+/// EG's way ([`KernelRun::start_like_eg`]: environment only, `--user KERNEL_UID`); the cells;
+/// shutdown; exit 0; no container left.
+fn cells_in(image: &str, cells: &[&str], env: &[(&str, &str)]) -> String {
     let run = KernelRun::create();
-    let mut env = vec![("KERNEL_UID", "1000"), ("KERNEL_GID", "100")];
-    env.extend_from_slice(extra_env);
-    run.start(image, "1000:100", &env);
+    run.start_like_eg(image, env);
     let report = run.payload();
     assert_eq!(report.kernel_id, run.name);
     let output = run.execute_and_shut_down(&report, cells);
@@ -73,7 +72,11 @@ fn spark_python_kernel_image_counts_with_spark() {
             "print(spark.range(5).count())",
             "import os; print(open('/proc/1/comm').read().strip(), open('/proc/%d/comm' % os.getppid()).read().strip())",
         ],
-        &[],
+        // The gateway host's Spark and Java, as EG's launch_docker.py passes them on.
+        &[
+            ("SPARK_HOME", "/opt/spark"),
+            ("JAVA_HOME", "/usr/lib/jvm/java-8"),
+        ],
     );
     // The interrupt cancels the Spark job (Py4JJavaError: the job was cancelled), the driver
     // survives it, and the next job runs.
