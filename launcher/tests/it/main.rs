@@ -6,6 +6,7 @@
 mod cli;
 mod comm;
 mod kernels;
+mod kernelspec;
 mod lifecycle;
 mod pid1;
 mod ports;
