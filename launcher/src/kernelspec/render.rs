@@ -379,9 +379,11 @@ fn kernel_command(o: &Options) -> Result<Vec<String>, KernelspecError> {
 
 /// A word for a shell `eval`: unchanged when it is plain, else single-quoted.
 fn shell_word(s: &str) -> String {
+    // '#' starts a comment only at the start of a word.
     let plain = !s.is_empty()
+        && !s.starts_with('#')
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./:@%+=,-".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "_./:@%+=,#-".contains(c));
     if plain {
         s.to_owned()
     } else {

@@ -503,3 +503,16 @@ fn spark_errors() {
     assert!(err(&["--name", "a/b"]).starts_with("--name:"));
     assert!(err(&["--name", ".hidden"]).starts_with("--name:"));
 }
+
+#[test]
+fn shell_words() {
+    assert_eq!(
+        shell_word("/a/b.tar.gz#kernel-launcher"),
+        "/a/b.tar.gz#kernel-launcher"
+    );
+    assert_eq!(shell_word("#x"), "'#x'");
+    assert_eq!(shell_word("a b"), "'a b'");
+    assert_eq!(shell_word("it's"), r"'it'\''s'");
+    assert_eq!(shell_word("$(x)"), "'$(x)'");
+    assert_eq!(shell_word(""), "''");
+}
