@@ -1,5 +1,5 @@
 //! Kernelspecs written by `kernel-launcher kernelspec install`: gateway-lite lists them and
-//! starts their kernels (local, Enterprise Gateway's local form, Docker), and refuses the
+//! starts their kernels (local, Enterprise Gateway's local form, SSH, Docker), and refuses the
 //! YARN cluster one it cannot run, naming what to use instead.
 
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::docker::{DockerEnv, kernel_image};
+use crate::ssh::{Hosts, kernel_ns, wait_gone};
 use crate::support::{Gateway, Options, launcher, python, run_ok, wait_no_processes};
 
 /// Runs `kernel-launcher kernelspec install ARGS` (the launcher under test); panics on failure.
@@ -128,4 +129,50 @@ async fn generated_docker_spec_runs_in_a_container() {
     drop(c);
     let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
     assert_eq!(status, 204);
+}
+
+/// An SSH spec pinned to the second of two sshd hosts (network namespaces, see ssh.rs): the
+/// kernel runs there, through the launcher path the spec names.
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_ssh_spec_runs_on_its_host() {
+    let hosts = Hosts::start();
+    let dir = hosts.dir.join("specs").join("gen_ssh");
+    install(&[
+        "--for",
+        "gateway-lite",
+        "--mode",
+        "ssh",
+        "--remote-hosts",
+        hosts.alias(1),
+        "--python",
+        &python(),
+        "--dir",
+        &dir.to_string_lossy(),
+    ]);
+    assert_eq!(
+        read(&dir)["metadata"]["process_proxy"]["config"]["remote_hosts"],
+        hosts.alias(1)
+    );
+    let gw = Gateway::start(Options {
+        args: hosts.args(&[]),
+        ..Options::default()
+    });
+    let id = gw.start_kernel("gen_ssh").await;
+    assert_eq!(
+        hosts.index_of(&kernel_ns(&gw, &id).await),
+        1,
+        "{}",
+        gw.log()
+    );
+    let mut c = gw.connect(&id, false).await;
+    assert_eq!(c.execute("6*7").await.text, "42");
+    drop(c);
+    let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    wait_gone(&id).await;
+    let left = hosts.wait_empty().await;
+    assert!(
+        left.is_empty(),
+        "processes left in the namespaces: {left:?}"
+    );
 }
