@@ -215,8 +215,8 @@ fn check_applicable(o: &Options) -> Result<(), KernelspecError> {
         (
             "--toree-home",
             o.toree_home.is_some(),
-            matches!(m, Mode::Local | Mode::Ssh),
-            "--language scala in --mode local or ssh",
+            matches!(m, Mode::Local | Mode::Ssh) && o.language == "scala" && o.command.is_empty(),
+            "--language scala in --mode local or ssh, without a command after `--`",
         ),
         (
             "--",

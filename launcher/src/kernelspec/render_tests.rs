@@ -128,6 +128,10 @@ fn languages_and_commands() {
         strings(&["/opt/toree/bin/run.sh", "--profile", "{connection_file}"])
     );
     assert!(err(&["--language", "scala"]).contains("--toree-home"));
+    assert!(err(&["--toree-home", "/t"]).starts_with("--toree-home: does not apply"));
+    assert!(
+        err(&["--language", "scala", "--toree-home", "/t", "--", "x"]).starts_with("--toree-home:")
+    );
     let e = err(&["--language", "julia"]);
     assert!(e.contains("--language") && e.contains("after `--`"), "{e}");
     let j = spec(&[
