@@ -1,7 +1,8 @@
 //! `kernel-launcher`: one static binary that starts any Jupyter kernel for
 //! Enterprise Gateway, gateway_provisioners or gateway-lite, replacing their
 //! per-language launcher scripts. `main` only parses configuration, sets up
-//! logging and calls [`launch::run`]; `kernel-launcher --help` documents the
+//! logging and calls [`launch::run`] (or [`kernelspec::main`] for the
+//! `kernelspec` subcommand); `kernel-launcher --help` documents the
 //! options, environment and exit codes.
 
 mod comm;
@@ -10,6 +11,7 @@ mod config;
 mod connfile;
 mod identity;
 mod kernel;
+mod kernelspec;
 mod launch;
 mod ports;
 mod report;
@@ -21,6 +23,9 @@ use std::io::Write;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("kernelspec") {
+        std::process::exit(kernelspec::main(&args[1..]));
+    }
     let action = config::parse(&args, &|name| std::env::var(name).ok());
     let config = match action {
         Ok(config::Action::Help) => {

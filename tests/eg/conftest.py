@@ -174,6 +174,48 @@ def write_kernelspecs(root: Path, specs: dict[str, Spec]) -> Path:
     return root / "share" / "jupyter"
 
 
+# Kernelspecs written by `kernel-launcher kernelspec install` (the command under test) rather
+# than by this file: (name, --for, --language, interpreter attribute of Paths).
+GENERATED = {
+    "eg": [("gen_kl_py", "python", "py_kernel"), ("gen_kl_ir", "r", "r")],
+    "gp": [("gen_gp_kl_py", "python", "py_kernel")],
+}
+
+
+def install_generated(jupyter_dir: Path, target: str, p: Paths) -> dict[str, Spec]:
+    """Runs `kernel-launcher kernelspec install --for <target> --mode local` into
+    jupyter_dir/kernels/<name> for each GENERATED spec; returns them as Specs. Without
+    $KERNEL_LAUNCHER nothing is generated (the tests using them then fail on `launcher`)."""
+    launcher = os.environ.get("KERNEL_LAUNCHER")
+    if not launcher:
+        return {}
+    out = {}
+    for name, language, interp in GENERATED[target]:
+        d = jupyter_dir / "kernels" / name
+        cmd = [
+            str(Path(launcher).resolve()),
+            "kernelspec",
+            "install",
+            "--for",
+            target,
+            "--mode",
+            "local",
+            "--language",
+            language,
+            "--python",
+            getattr(p, interp),
+            "--name",
+            name,
+            "--dir",
+            str(d),
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"kernelspec install failed ({r.returncode}): {cmd}\n{r.stderr}"
+        spec = json.loads((d / "kernel.json").read_text())
+        out[name] = Spec(name, language, True, spec["argv"], spec["metadata"], spec.get("env", {}))
+    return out
+
+
 @pytest.fixture(scope="session")
 def specs(paths) -> dict[str, Spec]:
     return build_specs(paths)
@@ -297,6 +339,7 @@ def eg_server(paths, specs, session_dir) -> Server:
     klog = sd / "kernel-logs"
     klog.mkdir()
     jp = write_kernelspecs(sd / "specs", specs)
+    specs = {**specs, **install_generated(jp, "eg", paths)}
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = _base_env(sd, [jp, paths.ir_jupyter_path], base_url)
@@ -330,6 +373,7 @@ def gp_server(paths, specs, session_dir) -> Server:
     klog = sd / "kernel-logs"
     klog.mkdir()
     jp = write_kernelspecs(sd / "specs", specs)
+    specs = {**specs, **install_generated(jp, "gp", paths)}
     port = free_port()
     token = uuid.uuid4().hex
     base_url = f"http://127.0.0.1:{port}"

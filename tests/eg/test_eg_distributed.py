@@ -19,3 +19,12 @@ def test_kernel_launcher_python(launcher, eg_server, failure_context, spec_name)
 
 def test_kernel_launcher_irkernel(launcher, eg_server, failure_context):
     run_lifecycle(eg_server, eg_server.specs["kl_ir"], failure_context, check_reported_pid=True)
+
+
+@pytest.mark.parametrize("spec_name", ["gen_kl_py", "gen_kl_ir"])
+def test_generated_kernelspec(launcher, eg_server, failure_context, spec_name):
+    """A kernelspec written by `kernel-launcher kernelspec install --for eg --mode local`
+    (DistributedProcessProxy, remote_hosts localhost) runs the full lifecycle under real EG."""
+    spec = eg_server.specs[spec_name]
+    assert spec.metadata["process_proxy"]["config"] == {"remote_hosts": "localhost"}, spec.metadata
+    run_lifecycle(eg_server, spec, failure_context, check_reported_pid=True)

@@ -16,3 +16,11 @@ def test_gp_own_launcher_python(gp_server, failure_context):
 @pytest.mark.parametrize("spec_name", ["gp_kl_py", "gp_kl_ir"])
 def test_gp_kernel_launcher(launcher, gp_server, failure_context, spec_name):
     run_lifecycle(gp_server, gp_server.specs[spec_name], failure_context, check_reported_pid=False)
+
+
+def test_gp_generated_kernelspec(launcher, gp_server, failure_context):
+    """A kernelspec written by `kernel-launcher kernelspec install --for gp --mode local`
+    (distributed-provisioner, plain options with {transport_encryption}) under real GP 0.5."""
+    spec = gp_server.specs["gen_gp_kl_py"]
+    assert spec.metadata["kernel_provisioner"]["provisioner_name"] == "distributed-provisioner"
+    run_lifecycle(gp_server, spec, failure_context, check_reported_pid=False)

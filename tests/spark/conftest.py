@@ -5,8 +5,9 @@ server start/stop, failure report hook) is reused from tests/eg/conftest.py by i
 a module; only the Spark parts live here:
 
   * venv-spark43 / venv-spark35 (scripts/setup-spark.sh, $KL_CACHE/spark-env.sh)
-  * kernelspecs written by the SHIPPED installer images/kernelspecs/install-spark-kernelspecs.sh,
-    one set per (pyspark version, init mode), suffix _<ver>_<mode>, e.g. spark_python_local_43_lazy
+  * kernelspecs written by the launcher under test (`kernel-launcher kernelspec install --mode
+    spark-*`), one set per (pyspark version, init mode), suffix _<ver>_<mode>, e.g.
+    spark_python_local_43_lazy
   * one Jupyter Enterprise Gateway 3.3.0 (DistributedProcessProxy on localhost) whose JUPYTER_PATH
     holds those kernelspecs
   * one Spark standalone cluster (Master + Worker from pyspark 4.3's spark-class), started on first
@@ -49,7 +50,7 @@ def _import_eg_conftest():
 
 egc = _import_eg_conftest()
 
-INSTALLER = REPO / "images" / "kernelspecs" / "install-spark-kernelspecs.sh"
+SPARK_MODES = ("spark-local", "spark-standalone", "spark-yarn-client", "spark-yarn-cluster")
 MODES = ("lazy", "eager", "none")
 VERSIONS = ("43", "35")
 
@@ -144,7 +145,7 @@ def master_port() -> int:
 
 
 def extra_spark_opts(venv: SparkVenv) -> str:
-    """spark-submit options every test kernelspec gets through the installer's --extra-spark-opts."""
+    """spark-submit options every test kernelspec gets through `kernelspec install --extra-spark-opts`."""
     return " ".join(
         [
             "--conf spark.driver.host=127.0.0.1",
@@ -159,40 +160,49 @@ def extra_spark_opts(venv: SparkVenv) -> str:
     )
 
 
-def run_installer(prefix: Path, launcher: str, venv: SparkVenv, mode: str, master_url: str, suffix: str) -> str:
-    cmd = [
-        str(INSTALLER),
-        "--prefix",
-        str(prefix),
-        "--spark-home",
-        str(venv.spark_home),
-        "--launcher",
-        launcher,
-        "--python",
-        venv.python,
-        "--master-url",
-        master_url,
-        "--mode",
-        mode,
-        "--extra-spark-opts",
-        extra_spark_opts(venv),
-        "--name-suffix",
-        suffix,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"installer failed ({r.returncode}): {cmd}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
+def install_spark_specs(kernels: Path, launcher: str, venv: SparkVenv, mode: str, master_url: str, suffix: str) -> str:
+    """`kernel-launcher kernelspec install` once per Spark deployment, into kernels/<name><suffix>."""
+    out = []
+    for spark_mode in SPARK_MODES:
+        name = "spark_python_" + spark_mode.removeprefix("spark-").replace("-", "_")
+        cmd = [
+            launcher,
+            "kernelspec",
+            "install",
+            "--mode",
+            spark_mode,
+            "--dir",
+            str(kernels / f"{name}{suffix}"),
+            "--name",
+            f"{name}{suffix}",
+            "--spark-home",
+            str(venv.spark_home),
+            "--launcher",
+            launcher,
+            "--python",
+            venv.python,
+            "--spark-init-mode",
+            mode,
+            "--extra-spark-opts",
+            extra_spark_opts(venv),
+        ]
+        if spark_mode == "spark-standalone":
+            cmd += ["--master-url", master_url]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"kernelspec install failed ({r.returncode}): {cmd}\n{r.stdout}\n{r.stderr}"
+        out.append(r.stdout)
+    return "".join(out)
 
 
 @pytest.fixture(scope="session")
 def spark_kernelspecs(spark_session_dir, launcher, venvs, master_port) -> Path:
-    """Runs the shipped installer once per (pyspark version, mode); returns the JUPYTER_PATH entry."""
+    """Runs `kernelspec install` per (pyspark version, mode, deployment); returns the JUPYTER_PATH entry."""
     jp = spark_session_dir / "jupyter"
     kernels = jp / "kernels"
     kernels.mkdir(parents=True)
     for ver, venv in venvs.items():
         for mode in MODES:
-            run_installer(kernels, launcher, venv, mode, f"spark://127.0.0.1:{master_port}", f"_{ver}_{mode}")
+            install_spark_specs(kernels, launcher, venv, mode, f"spark://127.0.0.1:{master_port}", f"_{ver}_{mode}")
     return jp
 
 
@@ -201,7 +211,7 @@ def spark_kernelspecs(spark_session_dir, launcher, venvs, master_port) -> Path:
 
 @pytest.fixture(scope="session")
 def spark_eg(spark_session_dir, spark_kernelspecs, eg_python):
-    """Jupyter Enterprise Gateway 3.3.0 on 127.0.0.1 serving the installer-made Spark kernelspecs
+    """Jupyter Enterprise Gateway 3.3.0 on 127.0.0.1 serving the generated Spark kernelspecs
     (DistributedProcessProxy launches run.sh locally with Popen, output to the kernel log)."""
     sd = spark_session_dir / "eg"
     sd.mkdir()

@@ -1,5 +1,5 @@
 """PySpark kernels started by real Jupyter Enterprise Gateway 3.3.0 (DistributedProcessProxy on
-localhost) from kernelspecs written by images/kernelspecs/install-spark-kernelspecs.sh:
+localhost) from kernelspecs written by `kernel-launcher kernelspec install --mode spark-*`:
 EG runs the spec's bin/run.sh -> spark-submit -> kernel-launcher (spark.pyspark.driver.python)
 -> ipykernel attached to the spark-submit driver JVM. Everything goes through EG's REST API and
 kernel WebSocket. Kernels run one at a time.

@@ -1,6 +1,6 @@
 """YARN kernelspecs with a FAKE spark-submit (no YARN cluster can run on this machine).
 
-The installer-made spark_python_yarn_cluster / spark_python_yarn_client kernelspecs are run the
+The generated (`kernel-launcher kernelspec install`) spark_python_yarn_cluster / spark_python_yarn_client kernelspecs are run the
 way EG would run them (kernelspec env with jupyter_client's ${VAR} substitution, EG's KERNEL_*
 variables, argv placeholders filled in), but with SPARK_HOME pointing at a temp dir whose
 bin/spark-submit is fake_spark_submit.sh, written at test time: it records its argv and
@@ -142,7 +142,7 @@ def check_shipped_launcher(parsed: dict, spec_dir: Path, launcher: str, tmp: Pat
 
 @pytest.mark.parametrize("kind", ["yarn_cluster", "yarn_client"])
 def test_yarn_kernelspec_with_fake_spark_submit_matches_eg(kind, spark_kernelspecs, eg_sdist, launcher, venvs, tmp_path):
-    """FAKE spark-submit: the installer's spark_python_<kind> kernelspec produces the spark-submit
+    """FAKE spark-submit: the generated spark_python_<kind> kernelspec produces the spark-submit
     command of EG 3.3.0's own spark_python_<kind> kernelspec (master, deploy mode, --name <kernel
     id>, YARN confs, launcher options unchanged after the primary resource), with kernel-launcher
     as spark.pyspark.driver.python and an existing primary resource."""
@@ -216,7 +216,7 @@ def test_yarn_cluster_impersonation_with_fake_spark_submit_matches_eg(spark_kern
 
 @pytest.mark.parametrize("kind", ["yarn_cluster", "yarn_client"])
 def test_yarn_kernelspec_modes_with_fake_spark_submit(kind, spark_kernelspecs, tmp_path):
-    """FAKE spark-submit: the installer's --mode reaches the launcher as EG's
+    """FAKE spark-submit: `kernelspec install --spark-init-mode` reaches the launcher as EG's
     --RemoteProcessProxy.spark-context-initialization-mode option, for every mode."""
     home = fake_spark_home(tmp_path)
     for mode in ("lazy", "eager", "none"):

@@ -30,7 +30,7 @@ _INTERESTING = ("java", "kernel-launcher", "ipykernel", "pyspark.daemon", "pyspa
 
 
 def spec_name(kind: str, ver: str, mode: str) -> str:
-    """Name of an installer-made kernelspec in the test JUPYTER_PATH (see spark_kernelspecs in
+    """Name of a generated (`kernel-launcher kernelspec install`) kernelspec in the test JUPYTER_PATH (see spark_kernelspecs in
     tests/spark/conftest.py).
     kind: local | standalone | yarn_client | yarn_cluster; ver: 43 | 35; mode: lazy | eager | none."""
     return f"spark_python_{kind}_{ver}_{mode}"

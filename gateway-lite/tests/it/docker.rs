@@ -160,6 +160,20 @@ impl DockerEnv {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("kernel.json"), doc.to_string()).unwrap();
         }
+        // One spec written by `kernel-launcher kernelspec install`, as an operator would
+        // (Enterprise Gateway's form: gateway-lite reads the same file).
+        crate::generated::install(&[
+            "--for",
+            "eg",
+            "--mode",
+            "docker",
+            "--image",
+            &self.image,
+            "--launch-script",
+            "/usr/local/share/jupyter/kernels/python_docker/scripts/launch_docker.py",
+            "--dir",
+            &dir.join("specs").join("gen_docker_py").to_string_lossy(),
+        ]);
         let mut args: Vec<String> = [
             "--response-ip",
             &self.gateway_ip,

@@ -4,6 +4,7 @@
 mod deploy;
 mod dist;
 mod docker;
+mod generated;
 mod leave;
 mod logs;
 mod policy;

@@ -71,13 +71,13 @@ impl Host {
 }
 
 /// Two hosts and the client side (keys, ssh_config, kernelspecs).
-struct Hosts {
-    dir: PathBuf,
+pub(crate) struct Hosts {
+    pub(crate) dir: PathBuf,
     hosts: Vec<Host>,
 }
 
 impl Hosts {
-    fn start() -> Hosts {
+    pub(crate) fn start() -> Hosts {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let dir = std::env::temp_dir().join(format!("gl-ssh-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -226,7 +226,7 @@ impl Hosts {
     }
 
     /// Gateway arguments for these hosts.
-    fn args(&self, extra: &[&str]) -> Vec<String> {
+    pub(crate) fn args(&self, extra: &[&str]) -> Vec<String> {
         let aliases: Vec<&str> = self.hosts.iter().map(|h| h.alias.as_str()).collect();
         let mut v = vec![
             "--remote-hosts".to_owned(),
@@ -245,8 +245,13 @@ impl Hosts {
         v
     }
 
+    /// The ssh_config alias of host `i`.
+    pub(crate) fn alias(&self, i: usize) -> &str {
+        &self.hosts[i].alias
+    }
+
     /// The host whose namespace is `net_ns`.
-    fn index_of(&self, net_ns: &str) -> usize {
+    pub(crate) fn index_of(&self, net_ns: &str) -> usize {
         self.hosts
             .iter()
             .position(|h| h.net_ns() == net_ns)
@@ -254,7 +259,7 @@ impl Hosts {
     }
 
     /// Waits (bounded) until no process but sshd's listener is left in any namespace.
-    async fn wait_empty(&self) -> Vec<i32> {
+    pub(crate) async fn wait_empty(&self) -> Vec<i32> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left: Vec<i32> = self.hosts.iter().flat_map(Host::others).collect();
@@ -294,7 +299,7 @@ impl Drop for Hosts {
 }
 
 /// The network namespace a kernel runs in, asked from the kernel itself.
-async fn kernel_ns(gw: &Gateway, id: &str) -> String {
+pub(crate) async fn kernel_ns(gw: &Gateway, id: &str) -> String {
     let mut c = gw.connect(id, false).await;
     let out = c
         .execute("import os; print(os.readlink('/proc/self/ns/net'))")
@@ -320,7 +325,7 @@ fn mentions(kernel_id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn wait_gone(kernel_id: &str) {
+pub(crate) async fn wait_gone(kernel_id: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = processes_of(kernel_id);

@@ -11,7 +11,6 @@ use crate::support::*;
 /// `interrupt_at_start`, an interrupt goes to the comm port the moment the payload
 /// arrives, long before the kernel is ready.
 fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
-    let python = kernel_python();
     let dir = scratch(&format!("kernel-{language}"));
     let gw = Gateway::new();
     let conn = dir.join("conn.json");
@@ -19,7 +18,21 @@ fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
     cmd.args(gw.options(&format!("k-{language}")))
         .arg(&conn)
         .args(kernel_args);
-    let mut child = spawn_logged(&mut cmd, &dir);
+    let child = spawn_logged(&mut cmd, &dir);
+    drive_child(language, &gw, child, &dir, interrupt_at_start);
+    assert!(!conn.exists(), "connection file left behind");
+}
+
+/// Drives a launcher `child` that reports to `gw` (its stderr in `dir`): execute, interrupt,
+/// check the kernel survived, shut down; the launcher must exit 0.
+pub fn drive_child(
+    language: &str,
+    gw: &Gateway,
+    mut child: std::process::Child,
+    dir: &std::path::Path,
+    interrupt_at_start: bool,
+) {
+    let python = kernel_python();
     let report = gw.receive();
     if interrupt_at_start {
         comm_send(report.comm_port.unwrap(), br#"{"signum": 2}"#).unwrap();
@@ -45,7 +58,7 @@ fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
         "client failed: {}\n{}\nlauncher log:\n{}",
         stdout,
         String::from_utf8_lossy(&out.stderr),
-        log_of(&dir)
+        log_of(dir)
     );
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(seen["add"].as_str().unwrap().contains('2'), "{seen}");
@@ -58,12 +71,11 @@ fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
         if !interrupt_at_start {
             // The kernel was long past its start-up: the interrupt of the running cell
             // must go straight through, not be held for a starting kernel.
-            let log = log_of(&dir);
+            let log = log_of(dir);
             assert!(!log.contains("interrupt is held"), "{log}");
         }
     }
-    assert_eq!(wait_code(&mut child), 0, "{}", log_of(&dir));
-    assert!(!conn.exists(), "connection file left behind");
+    assert_eq!(wait_code(&mut child), 0, "{}", log_of(dir));
 }
 
 fn drive(language: &str, kernel_args: &[&str]) {

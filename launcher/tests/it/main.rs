@@ -7,6 +7,7 @@ mod cli;
 mod comm;
 mod identity;
 mod kernels;
+mod kernelspec;
 mod lifecycle;
 mod pid1;
 mod ports;

@@ -12,6 +12,12 @@ use protocol::payload::{LaunchReport, PrivateKey};
 
 pub fn launcher() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kernel-launcher"));
+    without_gateway_env(&mut c);
+    c
+}
+
+/// Keeps the test runner's gateway variables (if any) out of a launcher's environment.
+pub fn without_gateway_env(c: &mut Command) {
     c.env_remove("KERNEL_ID")
         .env_remove("RESPONSE_ADDRESS")
         .env_remove("EG_RESPONSE_ADDRESS")
@@ -23,7 +29,6 @@ pub fn launcher() -> Command {
         .env_remove("KERNEL_UID")
         .env_remove("KERNEL_GID")
         .env("LOG_LEVEL", "debug");
-    c
 }
 
 /// A fresh private directory for one test.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run script for kernel-launcher's Spark kernelspecs (installed as bin/run.sh
-# by install-spark-kernelspecs.sh). The gateway runs it with the launcher
-# options; it execs spark-submit with kernel-launcher as the driver's Python:
+# Run script for kernel-launcher's Spark kernelspecs: embedded in the binary and
+# written as bin/run.sh by `kernel-launcher kernelspec install --mode spark-*`.
+# Usage: run.sh LAUNCHER_OPTIONS... (the kernelspec's argv; the gateway fills it in).
+# It execs spark-submit with kernel-launcher as the driver's Python:
 #
 #   spark-submit $SPARK_OPTS --conf spark.pyspark.driver.python=$KERNEL_LAUNCHER \
 #       <this spec's bin/primary.py> $LAUNCH_OPTS <launcher options from the gateway>
