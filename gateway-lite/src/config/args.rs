@@ -237,7 +237,9 @@ pub(super) struct Args {
     /// Most GPUs a request may ask for (KERNEL_GPUS and KERNEL_GPUS_LIMIT); above it: 400.
     #[arg(long, env = "GATEWAY_LITE_KERNEL_GPUS_MAX")]
     pub(super) kernel_gpus_max: Option<String>,
-    /// Address the response listener binds and launchers are told to report to.
+    /// Address the response listener binds and launchers are told to report to. A subnet
+    /// (e.g. 10.202.0.0/24) means this host's (or container's) address in it, found at start:
+    /// for a gateway on a Swarm overlay network without a fixed address.
     #[arg(long, env = "GATEWAY_LITE_RESPONSE_IP", default_value = "127.0.0.1")]
     pub(super) response_ip: String,
     /// Address local kernels bind their ZeroMQ and comm ports on (`KERNEL_LAUNCHER_IP`).

@@ -57,14 +57,14 @@ pub(crate) fn kernel_image() -> String {
 /// A user-defined network with its own subnet (so `docker network connect --ip` works), a
 /// label for this test, and the image.
 pub(crate) struct DockerEnv {
-    label: String,
-    network: String,
+    pub(crate) label: String,
+    pub(crate) network: String,
     gateway_ip: String,
-    image: String,
+    pub(crate) image: String,
 }
 
 impl DockerEnv {
-    fn new() -> DockerEnv {
+    pub(crate) fn new() -> DockerEnv {
         Self::with_image(kernel_image())
     }
 
@@ -182,7 +182,7 @@ impl DockerEnv {
     }
 
     /// `docker inspect` of the kernel's container, `None` once it is gone.
-    fn container(&self, kernel_id: &str) -> Option<Value> {
+    pub(crate) fn container(&self, kernel_id: &str) -> Option<Value> {
         let (ok, out, _) = docker(&[
             "ps",
             "--all",
@@ -223,7 +223,7 @@ impl Drop for DockerEnv {
 }
 
 /// Polls `check` until it holds (bounded by [`WAIT`] only against hangs).
-async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(v) = check() {
@@ -237,7 +237,7 @@ async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-async fn model(gw: &Gateway, id: &str) -> (u16, Value) {
+pub(crate) async fn model(gw: &Gateway, id: &str) -> (u16, Value) {
     gw.json("GET", &format!("/api/kernels/{id}"), None).await
 }
 
