@@ -148,12 +148,11 @@ impl DockerEnv {
                     Some(&self.image),
                 ),
             ),
+            // Without an image of its own: the default (--docker-image) runs it. Swarm specs
+            // run as services and are tested in `swarm.rs`.
             (
-                "swarm_py",
-                spec(
-                    "enterprise_gateway.services.processproxies.docker_swarm.DockerSwarmProcessProxy",
-                    None,
-                ),
+                "docker_default",
+                spec("gateway_provisioners.docker_swarm.DockerProvisioner", None),
             ),
         ] {
             let d = dir.join("specs").join(name);
@@ -323,7 +322,7 @@ async fn docker_launcher_failure_fails_the_start_with_the_container_log() {
     let gw = env.gateway(&[]);
     // The launcher in the container refuses the language (a KERNEL_* the client sent) and
     // exits before reporting; the start must fail then, with its message, not time out.
-    let body = json!({"name": "swarm_py", "env": {"KERNEL_LANGUAGE": "cobol", "KERNEL_LAUNCH_TIMEOUT": "120"}});
+    let body = json!({"name": "docker_default", "env": {"KERNEL_LANGUAGE": "cobol", "KERNEL_LAUNCH_TIMEOUT": "120"}});
     let (status, _, text) = gw
         .http("POST", "/api/kernels", Some(&body.to_string()))
         .await;
