@@ -135,7 +135,8 @@ impl SwarmEnv {
     }
 
     /// Starts the gateway container; a client for it.
-    async fn start_gateway(&self, token: &str, image: &str) -> Gateway {
+    /// `runs`: how many times the container will have started (1, then 2 after a restart).
+    async fn start_gateway(&self, token: &str, image: &str, runs: usize) -> Gateway {
         let kernel = kernel_image();
         let spec = |config: Value| {
             json!({
@@ -242,25 +243,19 @@ impl SwarmEnv {
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         };
-        let gw = Gateway::external(port, token);
+        // Ready when it says so (the published port accepts connections before that, and
+        // resets them). A restarted container's log still holds the first run's lines:
+        // count them.
         let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                let (status, _) = gw.json("GET", "/api/kernelspecs", None).await;
-                if status == 200 {
-                    return gw;
-                }
-            }
+        while self.logs().matches("listening addr=").count() < runs {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the gateway container never answered:\n{}",
+                "the gateway container never listened:\n{}",
                 self.logs()
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+        Gateway::external(port, token)
     }
 
     fn logs(&self) -> String {
@@ -318,7 +313,7 @@ async fn swarm_kernels_run_as_services_with_the_gateway_on_the_overlay() {
     let image = format!("gateway-lite:{}", d.version);
     let env = SwarmEnv::new();
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let gw = env.start_gateway(&token, &image).await;
+    let gw = env.start_gateway(&token, &image, 1).await;
 
     // A kernel as a service: one replica, no restarts, dnsrr, EG's labels, the user, the
     // resources, on the overlay.
@@ -410,7 +405,7 @@ async fn swarm_kernels_run_as_services_with_the_gateway_on_the_overlay() {
         env.service(&id).is_some(),
         "the service outlives the gateway"
     );
-    let gw = env.start_gateway(&token, &image).await;
+    let gw = env.start_gateway(&token, &image, 2).await;
     let (_, list) = gw.json("GET", "/api/kernels", None).await;
     assert!(
         list.as_array()
