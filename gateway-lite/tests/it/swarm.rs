@@ -491,6 +491,14 @@ async fn swarm_kernels_run_as_services_with_the_gateway_on_the_overlay() {
             500,
             vec!["not an allowed image"],
         ),
+        // The launcher in the task refuses the language and exits: the start fails at once
+        // with the task's log (read through the service's logs) and exit code.
+        (
+            "swarm_py",
+            json!({"KERNEL_LANGUAGE": "cobol"}),
+            500,
+            vec!["cobol", "exit code 64"],
+        ),
         // No node advertises GPUs: Swarm finds no node with the resources.
         (
             "swarm_py",

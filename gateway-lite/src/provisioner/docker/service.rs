@@ -48,6 +48,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long the last log lines of an ended task may take to arrive (the log stream of a
 /// service does not end with its task).
 const LOG_DRAIN: Duration = Duration::from_secs(2);
+/// A pause in that stream after which no more lines are expected.
+const LOG_QUIET: Duration = Duration::from_millis(250);
 
 fn fail(message: impl Into<String>) -> LaunchError {
     LaunchError::Docker(message.into())
@@ -276,8 +278,9 @@ impl Docker {
             }
         };
         if streaming {
+            // The last lines come at once or not at all: read until the stream is quiet.
             let _ = tokio::time::timeout(LOG_DRAIN, async {
-                while let Some(item) = stream.next().await {
+                while let Ok(Some(item)) = tokio::time::timeout(LOG_QUIET, stream.next()).await {
                     if !pump.push(item) {
                         break;
                     }
