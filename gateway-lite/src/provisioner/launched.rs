@@ -249,3 +249,22 @@ pub trait Provision: Send + Sync {
         placement: &Placement,
     ) -> impl Future<Output = Result<Launched, LaunchError>> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_and_say_oom() {
+        assert_eq!(ExitInfo::from_code(137).signal, Some(9));
+        assert_eq!(ExitInfo::from_code(64).code, Some(64));
+        assert_eq!(ExitInfo::from_code(64).to_string(), "exit code 64");
+        let oom = ExitInfo {
+            out_of_memory: true,
+            ..ExitInfo::from_code(137)
+        };
+        let text = oom.to_string();
+        assert!(text.starts_with("signal 9 (OOM: "), "{text}");
+        assert!(text.contains("KERNEL_MEMORY_LIMIT"), "{text}");
+    }
+}
