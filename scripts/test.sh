@@ -9,8 +9,9 @@
 #      and wheels cached)
 #   5. the Rust tests (cargo nextest): unit, property, launcher integration (real ipykernel,
 #      IRkernel, PID 1 under unshare), gateway-lite integration (real ipykernel; sshd in network
-#      namespaces; Docker containers), end-to-end (each kernel image run as EG's Docker
-#      launcher runs it)
+#      namespaces; Docker containers; Swarm services, with gateway-lite in a container on an
+#      overlay network: a Swarm is made for the test when none is active), end-to-end (each
+#      kernel image run as EG's Docker launcher runs it)
 #   6. a short fuzz smoke run (scripts/fuzz-smoke.sh, which installs cargo-fuzz when missing)
 #   7. the pytest suites: real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark 3.5 / 4.3
 #      (tests/eg, tests/spark, in venv-eg); then gateway-lite is built and Jupyter Server 2,

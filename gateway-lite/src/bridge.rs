@@ -319,12 +319,12 @@ async fn relay(
                         tracing::warn!(kernel_id = %kernel.id, dropped = held.len(), "kernel died; held client messages dropped");
                         held.clear();
                     }
-                    let state = if matches!(phase, Phase::Dead) {
-                        "dead"
+                    let status = if matches!(phase, Phase::Dead) {
+                        channels::dead_status(kernel.death_reason().as_deref())
                     } else {
-                        "restarting"
+                        channels::status("restarting")
                     };
-                    if !forward(out, framing, Channel::Iopub, &channels::status(state)).await {
+                    if !forward(out, framing, Channel::Iopub, &status).await {
                         return None;
                     }
                 }

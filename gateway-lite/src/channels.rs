@@ -216,6 +216,16 @@ pub fn status(state: &str) -> WireMessage {
     message("status", "", b"{}", json!({ "execution_state": state }))
 }
 
+/// A `status` message for a dead kernel, with gateway-lite's `reason` beside
+/// `execution_state` (clients that do not know the field ignore it).
+pub fn dead_status(reason: Option<&str>) -> WireMessage {
+    let mut content = json!({ "execution_state": "dead" });
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    message("status", "", b"{}", content)
+}
+
 /// Sends a signed request on `channel` and waits up to `wait` for the reply to it.
 pub async fn request(
     ep: &KernelEndpoints,

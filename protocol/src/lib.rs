@@ -11,6 +11,7 @@
 //! - [`comm`]: requests on the launcher's communication port.
 //! - [`signed`]: the signed form of those requests, for launchers given a per-launch secret.
 //! - [`ports`]: Enterprise Gateway's port-range rules.
+//! - [`quantity`]: resource amounts in the kernel variables (`KERNEL_MEMORY=512Mi`, ...).
 //! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature; channel names.
 //! - [`wsframe`]: the two WebSocket framings of kernel messages (legacy JSON and v1).
 //! - [`spec`]: prose description of these formats, with the upstream documents they follow.
@@ -27,6 +28,7 @@ pub mod comm;
 pub mod connection;
 pub mod payload;
 pub mod ports;
+pub mod quantity;
 pub mod signed;
 pub mod spec;
 pub mod testing;

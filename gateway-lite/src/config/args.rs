@@ -164,6 +164,11 @@ pub(super) struct Args {
     /// address on the host (`docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' NET`).
     #[arg(long, env = "GATEWAY_LITE_DOCKER_NETWORK")]
     pub(super) docker_network: Option<String>,
+    /// The attachable overlay network Swarm kernels (`DockerSwarmProcessProxy`,
+    /// `docker-swarm-provisioner`) join; default: --docker-network. The gateway must be on it
+    /// too (run it as a Swarm service or a container attached to it).
+    #[arg(long, env = "GATEWAY_LITE_SWARM_NETWORK")]
+    pub(super) swarm_network: Option<String>,
     /// Enterprise Gateway's spelling of --docker-network.
     #[arg(long = "eg-docker-network", env = "EG_DOCKER_NETWORK", hide = true)]
     pub(super) eg_docker_network: Option<String>,
@@ -211,7 +216,30 @@ pub(super) struct Args {
     /// Docker's own variable, read when --docker-host is not given.
     #[arg(long = "docker-host-env", env = "DOCKER_HOST", hide = true)]
     pub(super) docker_host_env: Option<String>,
-    /// Address the response listener binds and launchers are told to report to.
+    /// Default CPU reservation of a Docker/Swarm kernel without KERNEL_CPUS (e.g. 0.5, 500m).
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_CPUS_DEFAULT")]
+    pub(super) kernel_cpus_default: Option<String>,
+    /// Default CPU limit of a Docker/Swarm kernel without KERNEL_CPUS_LIMIT (e.g. 2).
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_CPUS_LIMIT_DEFAULT")]
+    pub(super) kernel_cpus_limit_default: Option<String>,
+    /// Most CPUs a request may ask for (KERNEL_CPUS and KERNEL_CPUS_LIMIT); above it: 400.
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_CPUS_MAX")]
+    pub(super) kernel_cpus_max: Option<String>,
+    /// Default memory reservation of a Docker/Swarm kernel without KERNEL_MEMORY (e.g. 512Mi).
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_MEMORY_DEFAULT")]
+    pub(super) kernel_memory_default: Option<String>,
+    /// Default memory limit of a Docker/Swarm kernel without KERNEL_MEMORY_LIMIT (e.g. 2Gi).
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_MEMORY_LIMIT_DEFAULT")]
+    pub(super) kernel_memory_limit_default: Option<String>,
+    /// Most memory a request may ask for (KERNEL_MEMORY and KERNEL_MEMORY_LIMIT); above it: 400.
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_MEMORY_MAX")]
+    pub(super) kernel_memory_max: Option<String>,
+    /// Most GPUs a request may ask for (KERNEL_GPUS and KERNEL_GPUS_LIMIT); above it: 400.
+    #[arg(long, env = "GATEWAY_LITE_KERNEL_GPUS_MAX")]
+    pub(super) kernel_gpus_max: Option<String>,
+    /// Address the response listener binds and launchers are told to report to. A subnet
+    /// (e.g. 10.202.0.0/24) means this host's (or container's) address in it, found at start:
+    /// for a gateway on a Swarm overlay network without a fixed address.
     #[arg(long, env = "GATEWAY_LITE_RESPONSE_IP", default_value = "127.0.0.1")]
     pub(super) response_ip: String,
     /// Address local kernels bind their ZeroMQ and comm ports on (`KERNEL_LAUNCHER_IP`).

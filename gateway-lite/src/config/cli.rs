@@ -73,10 +73,7 @@ fn from_parsed(
                 && (env_matches(KERNEL_ENV_STANDARD, k) || env_matches(&extra_env, k))
         })
         .collect();
-    let response_ip = parse_ip(
-        &args.response_ip,
-        "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
-    )?;
+    let response_ip = response_ip(&args.response_ip)?;
     if response_ip.is_unspecified() {
         return Err(ConfigError {
             option: "--response-ip (env GATEWAY_LITE_RESPONSE_IP)",
@@ -242,6 +239,26 @@ fn parse_retention(text: &str) -> Result<Duration, ConfigError> {
         option: "--kernel-log-retention (env GATEWAY_LITE_KERNEL_LOG_RETENTION)",
         problem: format!(
             "{text:?} is not a number of seconds; use e.g. 86400 (a day), or 0 to delete a kernel's log when it ends"
+        ),
+    })
+}
+
+/// `--response-ip`: an address, or a subnet whose address on this host's interfaces is taken
+/// (a gateway on a Swarm overlay network without a fixed address).
+fn response_ip(text: &str) -> Result<IpAddr, ConfigError> {
+    const OPTION: &str = "--response-ip (env GATEWAY_LITE_RESPONSE_IP)";
+    let Some(subnet) = super::subnet::Subnet::parse(text.trim()) else {
+        return parse_ip(text, OPTION);
+    };
+    let addresses = super::subnet::interface_addresses().map_err(|e| ConfigError {
+        option: OPTION,
+        problem: format!("cannot list this host's interface addresses: {e}"),
+    })?;
+    subnet.pick(addresses).ok_or_else(|| ConfigError {
+        option: OPTION,
+        problem: format!(
+            "no interface of this host has an address in {text}; give the subnet of a network \
+             this host (or container) is attached to, or an address"
         ),
     })
 }

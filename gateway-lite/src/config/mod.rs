@@ -19,6 +19,7 @@ mod listen;
 pub mod names;
 mod provisioning;
 mod settings;
+pub mod subnet;
 mod tls;
 
 pub use settings::*;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::args::Args;
 use super::names::{parse_hosts, valid_image, valid_name};
-use super::settings::{ConfigError, DockerSettings, SshSettings};
+use protocol::quantity::{self, QuantityError};
+
+use super::settings::{ConfigError, DockerSettings, ResourcePolicy, SshSettings};
 
 /// The Docker provisioner's options.
 pub(super) fn docker_settings(args: &Args) -> Result<DockerSettings, ConfigError> {
@@ -77,6 +79,18 @@ pub(super) fn docker_settings(args: &Args) -> Result<DockerSettings, ConfigError
         }
     }
     let socket = docker_socket(args)?;
+    let swarm_network = match args.swarm_network.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) if valid_name(n) => Some(n.to_owned()),
+        Some(n) => {
+            return Err(ConfigError {
+                option: "--swarm-network (env GATEWAY_LITE_SWARM_NETWORK)",
+                problem: format!(
+                    "{n:?} is not a Docker network name; use letters, digits, '_', '.', '-' (e.g. kernels)"
+                ),
+            });
+        }
+    };
     Ok(DockerSettings {
         socket,
         network,
@@ -86,7 +100,84 @@ pub(super) fn docker_settings(args: &Args) -> Result<DockerSettings, ConfigError
         allowed_images: images,
         network_per_user: args.docker_network_per_user,
         read_only: !args.docker_writable_root,
+        swarm_network,
+        resources: resource_policy(args)?,
     })
+}
+
+/// `--kernel-{cpus,memory,gpus}-*`: each a quantity in the syntax of the request variables.
+fn resource_policy(args: &Args) -> Result<ResourcePolicy, ConfigError> {
+    fn read<T>(
+        value: Option<&String>,
+        option: &'static str,
+        parse: fn(&str) -> Result<T, QuantityError>,
+        example: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        match value.map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => parse(v).map(Some).map_err(|e| ConfigError {
+                option,
+                problem: format!("{v:?} {e} (e.g. {example})"),
+            }),
+        }
+    }
+    let cpus = |v: Option<&String>, option| read(v, option, quantity::parse_millicpus, "0.5 or 2");
+    let memory = |v: Option<&String>, option| read(v, option, quantity::parse_bytes, "512Mi or 2G");
+    let policy = ResourcePolicy {
+        cpus_default: cpus(
+            args.kernel_cpus_default.as_ref(),
+            "--kernel-cpus-default (env GATEWAY_LITE_KERNEL_CPUS_DEFAULT)",
+        )?,
+        cpus_limit_default: cpus(
+            args.kernel_cpus_limit_default.as_ref(),
+            "--kernel-cpus-limit-default (env GATEWAY_LITE_KERNEL_CPUS_LIMIT_DEFAULT)",
+        )?,
+        cpus_max: cpus(
+            args.kernel_cpus_max.as_ref(),
+            "--kernel-cpus-max (env GATEWAY_LITE_KERNEL_CPUS_MAX)",
+        )?,
+        memory_default: memory(
+            args.kernel_memory_default.as_ref(),
+            "--kernel-memory-default (env GATEWAY_LITE_KERNEL_MEMORY_DEFAULT)",
+        )?,
+        memory_limit_default: memory(
+            args.kernel_memory_limit_default.as_ref(),
+            "--kernel-memory-limit-default (env GATEWAY_LITE_KERNEL_MEMORY_LIMIT_DEFAULT)",
+        )?,
+        memory_max: memory(
+            args.kernel_memory_max.as_ref(),
+            "--kernel-memory-max (env GATEWAY_LITE_KERNEL_MEMORY_MAX)",
+        )?,
+        gpus_max: read(
+            args.kernel_gpus_max.as_ref(),
+            "--kernel-gpus-max (env GATEWAY_LITE_KERNEL_GPUS_MAX)",
+            quantity::parse_count,
+            "0 or 1",
+        )?,
+    };
+    // A default above the maximum would refuse every request that relies on it.
+    let above =
+        |default: Option<u64>, max: Option<u64>| default.zip(max).is_some_and(|(d, m)| d > m);
+    for (bad, option) in [
+        (
+            above(policy.cpus_default, policy.cpus_max)
+                || above(policy.cpus_limit_default, policy.cpus_max),
+            "--kernel-cpus-default / --kernel-cpus-limit-default",
+        ),
+        (
+            above(policy.memory_default, policy.memory_max)
+                || above(policy.memory_limit_default, policy.memory_max),
+            "--kernel-memory-default / --kernel-memory-limit-default",
+        ),
+    ] {
+        if bad {
+            return Err(ConfigError {
+                option,
+                problem: "a default is above its maximum (--kernel-*-max); lower the default or raise the maximum".into(),
+            });
+        }
+    }
+    Ok(policy)
 }
 
 /// The Engine API socket: `--docker-host`, else `DOCKER_HOST`, else the default path. Only
@@ -180,7 +271,63 @@ pub(super) fn ssh_settings(args: &Args) -> Result<SshSettings, ConfigError> {
 mod tests {
     use std::path::Path;
 
+    use crate::config::ResourcePolicy;
     use crate::config::test_parse as parse;
+
+    #[test]
+    fn resource_options() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.docker.resources, ResourcePolicy::default());
+        assert_eq!(c.docker.swarm_network, None);
+        let c = parse(&[
+            "--kernel-cpus-default",
+            "250m",
+            "--kernel-cpus-limit-default",
+            "1",
+            "--kernel-cpus-max",
+            "4",
+            "--kernel-memory-default",
+            "256Mi",
+            "--kernel-memory-limit-default",
+            "1G",
+            "--kernel-memory-max",
+            "8Gi",
+            "--kernel-gpus-max",
+            "0",
+            "--swarm-network",
+            "kernels",
+        ])
+        .unwrap();
+        let r = c.docker.resources;
+        assert_eq!(
+            (r.cpus_default, r.cpus_limit_default, r.cpus_max),
+            (Some(250), Some(1000), Some(4000))
+        );
+        assert_eq!(
+            (r.memory_default, r.memory_limit_default, r.memory_max),
+            (Some(256 << 20), Some(1_000_000_000), Some(8 << 30))
+        );
+        assert_eq!(r.gpus_max, Some(0));
+        assert_eq!(c.docker.swarm_network.as_deref(), Some("kernels"));
+        for (args, option) in [
+            (&["--kernel-memory-max", "8GB"][..], "--kernel-memory-max"),
+            (&["--kernel-cpus-default=-1"][..], "--kernel-cpus-default"),
+            (&["--kernel-gpus-max", "one"][..], "--kernel-gpus-max"),
+            (
+                &[
+                    "--kernel-memory-limit-default",
+                    "4Gi",
+                    "--kernel-memory-max",
+                    "2Gi",
+                ][..],
+                "--kernel-memory-default / --kernel-memory-limit-default",
+            ),
+            (&["--swarm-network", "a b"][..], "--swarm-network"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn docker_options() {

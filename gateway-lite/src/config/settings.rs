@@ -211,6 +211,32 @@ pub struct DockerSettings {
     pub network_per_user: bool,
     /// Read-only root filesystem for kernel containers.
     pub read_only: bool,
+    /// The overlay network Swarm kernels join (`--swarm-network`; default `network`).
+    pub swarm_network: Option<String>,
+    /// Per-kernel resource defaults and maximums.
+    pub resources: ResourcePolicy,
+}
+
+/// The gateway's defaults and maximums for the resources a Docker or Swarm kernel asks for
+/// with `KERNEL_CPUS`, `KERNEL_MEMORY`, `KERNEL_GPUS` and their `_LIMIT` forms. CPUs are in
+/// thousandths, memory in bytes. `None`: no default (nothing reserved or limited) or no
+/// maximum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourcePolicy {
+    /// CPU reservation without `KERNEL_CPUS` (`--kernel-cpus-default`).
+    pub cpus_default: Option<u64>,
+    /// CPU limit without `KERNEL_CPUS_LIMIT` (`--kernel-cpus-limit-default`).
+    pub cpus_limit_default: Option<u64>,
+    /// Most CPUs a request may name (`--kernel-cpus-max`).
+    pub cpus_max: Option<u64>,
+    /// Memory reservation without `KERNEL_MEMORY` (`--kernel-memory-default`).
+    pub memory_default: Option<u64>,
+    /// Memory limit without `KERNEL_MEMORY_LIMIT` (`--kernel-memory-limit-default`).
+    pub memory_limit_default: Option<u64>,
+    /// Most memory a request may name (`--kernel-memory-max`).
+    pub memory_max: Option<u64>,
+    /// Most GPUs a request may name (`--kernel-gpus-max`).
+    pub gpus_max: Option<u32>,
 }
 
 impl Default for DockerSettings {
@@ -224,6 +250,8 @@ impl Default for DockerSettings {
             allowed_images: Vec::new(),
             network_per_user: false,
             read_only: true,
+            swarm_network: None,
+            resources: ResourcePolicy::default(),
         }
     }
 }

@@ -44,6 +44,9 @@ pub(super) enum Command {
 struct Activity {
     state: ExecutionState,
     last_activity: OffsetDateTime,
+    /// Why the kernel last died (its launcher's exit; OOM when killed at its memory limit),
+    /// until it runs again.
+    reason: Option<String>,
 }
 
 /// One kernel, as everyone but its owner sees it.
@@ -97,6 +100,7 @@ impl Kernel {
             activity: Mutex::new(Activity {
                 state: ExecutionState::Starting,
                 last_activity: OffsetDateTime::now_utc(),
+                reason: None,
             }),
             ready: watch::Sender::new(0),
         };
@@ -126,17 +130,32 @@ impl Kernel {
 
     /// The REST model.
     pub fn model(&self) -> Value {
-        let (state, last) = {
+        let (state, last, reason) = {
             let a = self.activity();
-            (a.state, a.last_activity)
+            (a.state, a.last_activity, a.reason.clone())
         };
-        json!({
+        let mut model = json!({
             "id": self.id,
             "name": self.name,
             "last_activity": channels::timestamp(last),
             "execution_state": state.as_str(),
             "connections": self.connection_count(),
-        })
+        });
+        // gateway-lite's addition: why a dead kernel died.
+        if let Some(r) = reason {
+            model["reason"] = json!(r);
+        }
+        model
+    }
+
+    /// Why the kernel last died, until it runs again.
+    pub fn death_reason(&self) -> Option<String> {
+        self.activity().reason.clone()
+    }
+
+    /// Records why the kernel died (`None` when a new incarnation runs).
+    pub(super) fn set_death_reason(&self, reason: Option<String>) {
+        self.activity().reason = reason;
     }
 
     /// Follows the kernel's phase.

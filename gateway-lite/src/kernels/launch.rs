@@ -92,9 +92,13 @@ impl Launcher {
             "KERNEL_LAUNCHER_GRACE_PERIOD".into(),
             format!("{}", self.grace.launcher.as_secs_f64()),
         );
-        let launch_error = |e: crate::provisioner::LaunchError| KernelError::Launch {
-            kernel_id: id.to_owned(),
-            message: e.to_string(),
+        let launch_error = |e: crate::provisioner::LaunchError| match e {
+            // Refused before anything started: the request's fault (400).
+            crate::provisioner::LaunchError::Request(message) => KernelError::BadEnv(message),
+            e => KernelError::Launch {
+                kernel_id: id.to_owned(),
+                message: e.to_string(),
+            },
         };
         let provisioner = self.provisioners.for_spec(job.spec).map_err(launch_error)?;
         let deadline = tokio::time::Instant::now() + job.timeout;

@@ -269,6 +269,7 @@ impl Owner {
             process.endpoints.clone(),
             self.incarnation.clone(),
         );
+        self.kernel.set_death_reason(None);
         self.kernel
             .phase
             .send_replace(Phase::Running(process.endpoints.clone()));
@@ -326,12 +327,17 @@ impl Owner {
     /// dead.
     async fn on_death(&mut self) {
         let id = self.kernel.id.clone();
-        let info = self
+        let exit = self
             .process
             .as_ref()
-            .and_then(|p| *p.launched.exit.borrow())
-            .map(|i| i.to_string())
-            .unwrap_or_default();
+            .and_then(|p| *p.launched.exit.borrow());
+        let info = exit.map(|i| i.to_string()).unwrap_or_default();
+        let reason = if exit.is_some_and(|e| e.out_of_memory) {
+            format!("OOM: the kernel exceeded its memory limit; launcher ended with {info}")
+        } else {
+            format!("launcher ended with {info}")
+        };
+        self.kernel.set_death_reason(Some(reason));
         match self
             .process
             .as_ref()

@@ -27,6 +27,8 @@ pub enum Runner {
     Ssh,
     /// A Docker container.
     Docker,
+    /// A Docker Swarm service (one replica).
+    Swarm,
     /// Somewhere gateway-lite cannot start kernels.
     Refused(Refusal),
 }
@@ -38,6 +40,7 @@ impl Runner {
             Runner::Local => "local",
             Runner::Ssh => "ssh",
             Runner::Docker => "docker",
+            Runner::Swarm => "swarm",
             Runner::Refused(_) => "refused",
         }
     }
@@ -133,10 +136,8 @@ fn by_class(last: &str) -> Option<Result<Runner, Elsewhere>> {
     Some(match last {
         "LocalProcessProxy" | "LocalProvisioner" => Ok(Runner::Local),
         "DistributedProcessProxy" | "DistributedProvisioner" => Ok(Runner::Ssh),
-        "DockerProcessProxy"
-        | "DockerSwarmProcessProxy"
-        | "DockerProvisioner"
-        | "DockerSwarmProvisioner" => Ok(Runner::Docker),
+        "DockerProcessProxy" | "DockerProvisioner" => Ok(Runner::Docker),
+        "DockerSwarmProcessProxy" | "DockerSwarmProvisioner" => Ok(Runner::Swarm),
         "KubernetesProcessProxy"
         | "CustomResourceProcessProxy"
         | "SparkOperatorProcessProxy"
@@ -154,7 +155,8 @@ fn by_provisioner_name(name: &str) -> Option<Result<Runner, Elsewhere>> {
     Some(match name {
         "local-provisioner" => Ok(Runner::Local),
         "distributed-provisioner" => Ok(Runner::Ssh),
-        "docker-provisioner" | "docker-swarm-provisioner" => Ok(Runner::Docker),
+        "docker-provisioner" => Ok(Runner::Docker),
+        "docker-swarm-provisioner" => Ok(Runner::Swarm),
         "kubernetes-provisioner" | "spark-operator-provisioner" => Err(Elsewhere::Kubernetes),
         "yarn-provisioner" => Err(Elsewhere::YarnCluster),
         _ => return None,
@@ -247,11 +249,11 @@ mod tests {
             proxy(&format!("{eg}.distributed.DistributedProcessProxy")),
             Runner::Ssh
         );
-        for docker in ["DockerProcessProxy", "DockerSwarmProcessProxy"] {
-            assert_eq!(
-                proxy(&format!("{eg}.docker_swarm.{docker}")),
-                Runner::Docker
-            );
+        for (class, runner) in [
+            ("DockerProcessProxy", Runner::Docker),
+            ("DockerSwarmProcessProxy", Runner::Swarm),
+        ] {
+            assert_eq!(proxy(&format!("{eg}.docker_swarm.{class}")), runner);
         }
         // Matched on the last component, wherever the class lives.
         assert_eq!(proxy("x.DockerProcessProxy"), Runner::Docker);
@@ -270,7 +272,11 @@ mod tests {
         assert_eq!(provisioner("local-provisioner"), Runner::Local);
         assert_eq!(provisioner("distributed-provisioner"), Runner::Ssh);
         assert_eq!(provisioner("docker-provisioner"), Runner::Docker);
-        assert_eq!(provisioner("docker-swarm-provisioner"), Runner::Docker);
+        assert_eq!(provisioner("docker-swarm-provisioner"), Runner::Swarm);
+        assert_eq!(
+            proxy("gateway_provisioners.docker_swarm.DockerSwarmProvisioner"),
+            Runner::Swarm
+        );
         assert_eq!(
             classify(Some(&json!({"kernel_provisioner": {"config": {}}}))).0,
             Runner::Local

@@ -126,7 +126,7 @@ impl KernelSpec {
         if self.proxy_config.get("launch_secret") == Some(&Value::Bool(false)) {
             return false;
         }
-        if self.runner == Runner::Docker {
+        if matches!(self.runner, Runner::Docker | Runner::Swarm) {
             return true;
         }
         if !self.runs_launcher() {

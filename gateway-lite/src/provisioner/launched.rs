@@ -70,6 +70,18 @@ pub enum Placement {
         /// Its address on that network when it was last seen.
         host: String,
     },
+    /// A launcher running as the one task of a Swarm service, started by
+    /// [`docker::Docker`].
+    Swarm {
+        /// The service's id.
+        service: String,
+        /// Its name (`<prefix>-<kernel id>`).
+        name: String,
+        /// The overlay network it was started on.
+        network: String,
+        /// The task's address on that network when it was last seen.
+        host: String,
+    },
 }
 
 /// Why a launcher could not be started at all.
@@ -112,6 +124,11 @@ pub enum LaunchError {
     /// cannot be turned into one (no image, a bad `KERNEL_UID`, ...).
     #[error("docker: {0}")]
     Docker(String),
+    /// The request asks for something the gateway does not allow (resources above the
+    /// maximum, a malformed quantity or placement constraint); nothing was started. The
+    /// client's fault.
+    #[error("{0}")]
+    Request(String),
     /// The kernelspec asks for a placement gateway-lite does not do (Kubernetes, YARN
     /// cluster, an unknown process proxy); nothing was started.
     #[error("{0}")]
@@ -132,6 +149,8 @@ pub struct ExitInfo {
     /// host that refused or timed out the connection), and the provisioner has another place
     /// that may work: launching again is safe and may succeed.
     pub retry_elsewhere: bool,
+    /// The kernel was killed for exceeding its memory limit (the container's `OOMKilled`).
+    pub out_of_memory: bool,
 }
 
 impl ExitInfo {
@@ -140,6 +159,7 @@ impl ExitInfo {
         code: None,
         signal: None,
         retry_elsewhere: false,
+        out_of_memory: false,
     };
 
     /// The launcher's own status; a code of 128+S (how a launcher, a shell or a container
@@ -165,7 +185,13 @@ impl fmt::Display for ExitInfo {
             (Some(c), _) => write!(f, "exit code {c}"),
             (None, Some(s)) => write!(f, "signal {s}"),
             (None, None) => f.write_str("unknown status"),
+        }?;
+        if self.out_of_memory {
+            f.write_str(
+                " (OOM: killed for exceeding its memory limit, KERNEL_MEMORY_LIMIT or --kernel-memory-limit-default)",
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -222,4 +248,23 @@ pub trait Provision: Send + Sync {
         kernel_id: &str,
         placement: &Placement,
     ) -> impl Future<Output = Result<Launched, LaunchError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_and_say_oom() {
+        assert_eq!(ExitInfo::from_code(137).signal, Some(9));
+        assert_eq!(ExitInfo::from_code(64).code, Some(64));
+        assert_eq!(ExitInfo::from_code(64).to_string(), "exit code 64");
+        let oom = ExitInfo {
+            out_of_memory: true,
+            ..ExitInfo::from_code(137)
+        };
+        let text = oom.to_string();
+        assert!(text.starts_with("signal 9 (OOM: "), "{text}");
+        assert!(text.contains("KERNEL_MEMORY_LIMIT"), "{text}");
+    }
 }

@@ -117,6 +117,7 @@ impl Provision for Local {
                         code: s.code(),
                         signal: s.signal(),
                         retry_elsewhere: false,
+                        out_of_memory: false,
                     }
                 }
                 Err(e) => {

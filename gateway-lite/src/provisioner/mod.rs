@@ -3,7 +3,8 @@
 //! The kernel registry decides *what* to run (the launcher argv and env, from the kernelspec)
 //! and *when*; a provisioner decides *where*. [`local::Local`] runs the launcher as a child
 //! process in its own process group, [`ssh::Ssh`] on one of a list of hosts (through
-//! [`local::Local`] when the host chosen is this machine), [`docker::Docker`] as a container. Each returns a [`Launched`] that reports the launcher's exit, keeps the tail
+//! [`local::Local`] when the host chosen is this machine), [`docker::Docker`] as a container or
+//! a Swarm service. Each returns a [`Launched`] that reports the launcher's exit, keeps the tail
 //! of its log, can signal it ([`Control`]), says at which host the kernel's ports are
 //! reachable, and carries a [`Placement`]: the few facts the gateway writes to its state file
 //! so that, after the gateway itself restarts, [`Provision::reattach`] can find the same
@@ -36,6 +37,8 @@ pub enum Provisioner {
     Ssh(Distributed),
     /// Containers, with the kernelspec's `image_name`.
     Docker(Arc<docker::Docker>, Option<String>),
+    /// Swarm services, with the kernelspec's `image_name` and placement rules.
+    Swarm(Arc<docker::Docker>, Option<String>, docker::SwarmSpec),
 }
 
 impl Provisioner {
@@ -44,7 +47,10 @@ impl Provisioner {
         match self {
             Provisioner::Local(p) => p.launch(request).await,
             Provisioner::Ssh(d) => d.launch(request).await,
-            Provisioner::Docker(p, image) => p.launch_with(image.as_deref(), request).await,
+            Provisioner::Docker(p, image) => p.launch_with(image.as_deref(), None, request).await,
+            Provisioner::Swarm(p, image, spec) => {
+                p.launch_with(image.as_deref(), Some(spec), request).await
+            }
         }
     }
 
@@ -57,7 +63,9 @@ impl Provisioner {
         match self {
             Provisioner::Local(p) => p.reattach(kernel_id, placement).await,
             Provisioner::Ssh(d) => d.ssh.reattach(kernel_id, placement).await,
-            Provisioner::Docker(p, _) => p.reattach(kernel_id, placement).await,
+            Provisioner::Docker(p, _) | Provisioner::Swarm(p, _, _) => {
+                p.reattach(kernel_id, placement).await
+            }
         }
     }
 }
@@ -113,8 +121,8 @@ pub struct Provisioners {
     pub local: Arc<local::Local>,
     /// Runs launchers on remote hosts over SSH (`DistributedProcessProxy` specs).
     pub ssh: Arc<ssh::Ssh>,
-    /// Runs launchers as containers (`DockerProcessProxy` and `DockerSwarmProcessProxy`
-    /// specs; Swarm ones run as plain containers too).
+    /// Runs launchers as containers (`DockerProcessProxy` specs) and Swarm services
+    /// (`DockerSwarmProcessProxy` specs).
     pub docker: Arc<docker::Docker>,
 }
 
@@ -129,14 +137,15 @@ impl Provisioners {
     pub fn for_spec(&self, spec: &KernelSpec) -> Result<Provisioner, LaunchError> {
         match &spec.runner {
             Runner::Local => Ok(Provisioner::Local(self.local.clone())),
-            Runner::Docker => {
-                let image = spec
-                    .proxy_config
-                    .get("image_name")
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|i| !i.is_empty())
-                    .map(str::to_owned);
-                Ok(Provisioner::Docker(self.docker.clone(), image))
+            Runner::Docker => Ok(Provisioner::Docker(self.docker.clone(), spec_image(spec))),
+            Runner::Swarm => {
+                let rules = docker::SwarmSpec::from_config(&spec.proxy_config)
+                    .map_err(|e| LaunchError::Docker(format!("kernelspec {}: {e}", spec.name)))?;
+                Ok(Provisioner::Swarm(
+                    self.docker.clone(),
+                    spec_image(spec),
+                    rules,
+                ))
             }
             Runner::Ssh => {
                 let own = spec_hosts(spec)?;
@@ -173,9 +182,20 @@ impl Provisioners {
                 hosts: None,
                 local: self.local.clone(),
             }),
-            Placement::Docker { .. } => Provisioner::Docker(self.docker.clone(), None),
+            Placement::Docker { .. } | Placement::Swarm { .. } => {
+                Provisioner::Docker(self.docker.clone(), None)
+            }
         }
     }
+}
+
+/// A Docker spec's own `image_name`.
+fn spec_image(spec: &KernelSpec) -> Option<String> {
+    spec.proxy_config
+        .get("image_name")
+        .and_then(serde_json::Value::as_str)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
 }
 
 /// A spec's own `remote_hosts` (in `metadata.process_proxy.config` or

@@ -11,13 +11,13 @@ use std::process::Command;
 
 use crate::docker::{DockerEnv, docker, kernel_image};
 
-struct Dist {
-    dir: PathBuf,
-    version: String,
+pub(crate) struct Dist {
+    pub(crate) dir: PathBuf,
+    pub(crate) version: String,
 }
 
 /// The artifacts: `KL_DIST_DIR`, or made here (cargo and docker make repeats cheap).
-fn dist() -> Dist {
+pub(crate) fn dist() -> Dist {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = match std::env::var("KL_DIST_DIR") {
         Ok(d) if !d.is_empty() => PathBuf::from(d),

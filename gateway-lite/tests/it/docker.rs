@@ -57,14 +57,14 @@ pub(crate) fn kernel_image() -> String {
 /// A user-defined network with its own subnet (so `docker network connect --ip` works), a
 /// label for this test, and the image.
 pub(crate) struct DockerEnv {
-    label: String,
-    network: String,
+    pub(crate) label: String,
+    pub(crate) network: String,
     gateway_ip: String,
-    image: String,
+    pub(crate) image: String,
 }
 
 impl DockerEnv {
-    fn new() -> DockerEnv {
+    pub(crate) fn new() -> DockerEnv {
         Self::with_image(kernel_image())
     }
 
@@ -148,12 +148,11 @@ impl DockerEnv {
                     Some(&self.image),
                 ),
             ),
+            // Without an image of its own: the default (--docker-image) runs it. Swarm specs
+            // run as services and are tested in `swarm.rs`.
             (
-                "swarm_py",
-                spec(
-                    "enterprise_gateway.services.processproxies.docker_swarm.DockerSwarmProcessProxy",
-                    None,
-                ),
+                "docker_default",
+                spec("gateway_provisioners.docker_swarm.DockerProvisioner", None),
             ),
         ] {
             let d = dir.join("specs").join(name);
@@ -196,7 +195,7 @@ impl DockerEnv {
     }
 
     /// `docker inspect` of the kernel's container, `None` once it is gone.
-    fn container(&self, kernel_id: &str) -> Option<Value> {
+    pub(crate) fn container(&self, kernel_id: &str) -> Option<Value> {
         let (ok, out, _) = docker(&[
             "ps",
             "--all",
@@ -237,7 +236,7 @@ impl Drop for DockerEnv {
 }
 
 /// Polls `check` until it holds (bounded by [`WAIT`] only against hangs).
-async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(v) = check() {
@@ -251,7 +250,7 @@ async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-async fn model(gw: &Gateway, id: &str) -> (u16, Value) {
+pub(crate) async fn model(gw: &Gateway, id: &str) -> (u16, Value) {
     gw.json("GET", &format!("/api/kernels/{id}"), None).await
 }
 
@@ -337,7 +336,7 @@ async fn docker_launcher_failure_fails_the_start_with_the_container_log() {
     let gw = env.gateway(&[]);
     // The launcher in the container refuses the language (a KERNEL_* the client sent) and
     // exits before reporting; the start must fail then, with its message, not time out.
-    let body = json!({"name": "swarm_py", "env": {"KERNEL_LANGUAGE": "cobol", "KERNEL_LAUNCH_TIMEOUT": "120"}});
+    let body = json!({"name": "docker_default", "env": {"KERNEL_LANGUAGE": "cobol", "KERNEL_LAUNCH_TIMEOUT": "120"}});
     let (status, _, text) = gw
         .http("POST", "/api/kernels", Some(&body.to_string()))
         .await;

@@ -98,6 +98,7 @@ impl Watch {
                             signal: status.and_then(|s| s.signal()),
                             retry_elsewhere: unreachable
                                 && self.others.iter().any(|h| !self.down.is_down(h)),
+                            out_of_memory: false,
                         };
                     }
                     failures += 1;

@@ -105,7 +105,8 @@ pub async fn eventually<T: std::fmt::Debug>(
 pub struct Gateway {
     /// The URL it printed, without the query: scheme, address and base URL.
     pub url: String,
-    child: Child,
+    /// The gateway's process; `None` for one this test did not start ([`Gateway::external`]).
+    child: Option<Child>,
     pub port: u16,
     pub token: Option<String>,
     pub dir: PathBuf,
@@ -249,7 +250,7 @@ impl Gateway {
         let printed = query.strip_prefix("token=").map(str::to_owned);
         Gateway {
             url: url.to_owned(),
-            child,
+            child: Some(child),
             port,
             token: opts.token.map(str::to_owned).or(printed),
             dir,
@@ -260,16 +261,33 @@ impl Gateway {
     /// Sends `signal` to the gateway, waits for it to exit and keeps its directory for a
     /// successor (`Options::dir`).
     pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> PathBuf {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let child = self.child.as_mut().expect("a gateway this test started");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
-        let _ = self.child.wait();
+        let _ = child.wait();
         self.keep_dir = true;
         self.dir.clone()
     }
 
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child
+            .as_ref()
+            .expect("a gateway this test started")
+            .id()
+    }
+
+    /// A client of a gateway started elsewhere (a container) that listens on
+    /// 127.0.0.1:`port`; its log is not in a file here.
+    pub fn external(port: u16, token: &str) -> Gateway {
+        Gateway {
+            url: format!("http://127.0.0.1:{port}/"),
+            child: None,
+            port,
+            token: Some(token.to_owned()),
+            dir: std::env::temp_dir().join(format!("gl-it-external-{}", uuid::Uuid::new_v4())),
+            keep_dir: true,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -502,16 +520,19 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
         if std::thread::panicking() {
             eprintln!("gateway log kept in {}", self.dir.display());
         } else if !self.keep_dir {
