@@ -122,7 +122,7 @@ ITESTS = [
 
 
 @pytest.mark.parametrize("image,lang", ITESTS)
-def test_docker_eg_itests(paths, eg_docker, image, lang):
+def test_docker_eg_itests(paths, eg_docker, docker_client, image, lang):
     """EG's own itests (the local/distributed Python classes, the local R class) against the
     Docker kernelspec. The kernel's hostname is its container name, KERNEL_USERNAME-KERNEL_ID,
     and the itests' client sends KERNEL_USERNAME=kl-e2e."""
@@ -138,8 +138,11 @@ def test_docker_eg_itests(paths, eg_docker, image, lang):
     )
     names["ITEST_HOSTNAME_PREFIX"] = "kl-e2e-"
     names["KERNEL_LAUNCH_TIMEOUT"] = "180"
+    before = ec.eg_resources(docker_client)
     proc = run_eg_itests(paths.py_eg, paths.eg_sdist, base_url.removeprefix("http://"), test_file, selector, names)
     check_itests(proc, expected, what=f"EG itests ({lang}) on {image} via DockerProcessProxy")
+    left = ec.wait_new_eg_resources_gone(docker_client, before)
+    assert not left, f"the itests' kernels left containers: {left}"
 
 
 def test_docker_prohibited_uid(eg_docker, docker_client):
