@@ -148,3 +148,10 @@ def test_docker_eg_itests(paths, eg_docker, docker_client, image, lang):
 def test_docker_prohibited_uid(eg_docker, docker_client):
     base_url, _ = eg_docker
     ec.check_prohibited_uid(JupyterRest(base_url), docker_client, ec.spec_name("python-kernel"))
+
+
+def test_docker_bad_kernel_image(eg_docker, docker_client):
+    base_url, log = eg_docker
+    ec.check_bad_image(JupyterRest(base_url), docker_client, ec.spec_name("python-kernel"))
+    # EG's log carries launch_docker.py's own message naming the variable.
+    assert "KERNEL_IMAGE contains invalid characters" in log.read_text(errors="replace")

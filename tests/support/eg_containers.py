@@ -344,3 +344,16 @@ def rest_list_kernels(rest) -> list:
     r = requests.get(f"{rest.base_url}/api/kernels", headers=rest.headers, timeout=30)
     r.raise_for_status()
     return r.json()
+
+
+def check_bad_image(rest, client: docker.DockerClient, spec: str) -> None:
+    """A client may send KERNEL_IMAGE (EG passes every KERNEL_* variable on). One that is not an
+    image reference is refused by EG's launch_docker.py before Docker is asked for anything, and
+    EG answers the start with an error instead of waiting for its launch timeout."""
+    before = eg_resources(client)
+    r = rest.start_kernel(spec, {"KERNEL_USERNAME": NAME_PREFIX, "KERNEL_IMAGE": "bad image;rm -rf /"})
+    assert r.status_code >= 500, f"a bad KERNEL_IMAGE should fail the start: HTTP {r.status_code}: {r.text[:2000]}"
+    assert "Error occurred during launch" in r.text, r.text[:2000]
+    left = wait_new_eg_resources_gone(client, before)
+    assert not left, f"a refused KERNEL_IMAGE left containers or services: {left}"
+    assert rest_list_kernels(rest) == [], "the failed start left a kernel in EG"
