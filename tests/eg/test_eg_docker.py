@@ -44,9 +44,9 @@ def eg_env(sd, jupyter_path, response_ip: str) -> dict:
         "EG_KERNEL_LAUNCH_TIMEOUT": "180",
         # Interop quirk: EG gives a kernel only KERNEL_*, the kernelspec's env and
         # EG_INHERITED_ENVS, and launch_docker.py does os.environ.pop("PATH") without a default,
-        # so it dies with KeyError: 'PATH' unless PATH is inherited (EG's Helm chart and
-        # docker-compose set EG_INHERITED_ENVS=PATH for the same reason). The container then
-        # uses the image's own PATH.
+        # so it dies with KeyError: 'PATH' unless PATH is inherited (EG's Helm chart sets
+        # EG_INHERITED_ENVS=PATH in deployment.extraEnv). The container then uses the image's
+        # own PATH.
         "EG_INHERITED_ENVS": "PATH",
     }
 
