@@ -32,17 +32,30 @@ class KernelImage:
     cell: str
     expect: str
     sleep: str  # a cell that prints "begin" and then sleeps, for the interrupt check
+    # what the interrupted cell reports (ipykernel: a KeyboardInterrupt error); None where the
+    # kernel just ends the cell (IRkernel)
+    interrupted: str | None = None
 
 
 KNOWN_IMAGES = {
     "python-kernel": KernelImage(
-        "python-kernel", "python", "6*7", "42", "print('begin', flush=True)\nimport time\ntime.sleep(600)"
+        "python-kernel",
+        "python",
+        "6*7",
+        "42",
+        "print('begin', flush=True)\nimport time\ntime.sleep(600)",
+        "KeyboardInterrupt",
     ),
     "r-kernel": KernelImage(
         "r-kernel", "r", "6*7", "42", "cat('begin\\n'); flush(stdout()); Sys.sleep(600)"
     ),
     "spark-python-kernel": KernelImage(
-        "spark-python-kernel", "python", "6*7", "42", "print('begin', flush=True)\nimport time\ntime.sleep(600)"
+        "spark-python-kernel",
+        "python",
+        "6*7",
+        "42",
+        "print('begin', flush=True)\nimport time\ntime.sleep(600)",
+        "KeyboardInterrupt",
     ),
     "scala-kernel": KernelImage("scala-kernel", "scala", "6*7", "42", 'println("begin"); Thread.sleep(600000)'),
 }
@@ -261,6 +274,9 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             services = kernel_services(client, kid)
             assert len(services) == 1, f"expected one swarm service labelled kernel_id={kid}, got {services}"
             assert services[0].name == f"{NAME_PREFIX}-{kid}", services[0].name
+            # launch_docker.py creates the service as KERNEL_UID (EG's default 1000, jovyan)
+            cspec = services[0].attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+            assert cspec.get("User") == "1000", cspec
         else:
             running = [c for c in kernel_containers(client, kid) if c.status == "running"]
             assert len(running) == 1, f"expected one running container labelled kernel_id={kid}, got {running}"
@@ -282,6 +298,8 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             # The cell ends (its reply arrives) long before its 600 s sleep would.
             res = ch.collect(mid, timeout=EXEC_TIMEOUT)
             assert res.status is not None, f"interrupted cell got no reply: {res}"
+            if img.interrupted:
+                assert img.interrupted in (res.ename or "") + res.text, f"interrupted cell: {res}"
             res = ch.execute(img.cell, timeout=EXEC_TIMEOUT)
             assert res.status == "ok" and img.expect in res.text, f"after interrupt {img.cell!r} -> {res}"
         finally:
