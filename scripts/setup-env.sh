@@ -6,7 +6,7 @@
 #       r-base-core, r-cran-irkernel   R and Debian's IRkernel
 #       util-linux, procps, iproute2   unshare (PID 1 tests), process tools, ip (network namespaces)
 #       busybox-static                 the static "kernel" of the empty-chroot test
-#       debootstrap                    the Docker kernel image (images/python-kernel/build.sh)
+#       debootstrap                    the Docker kernel images (images/*/build.sh)
 #       openssh-server, openssh-client gateway-lite's SSH provisioner tests (sshd in network
 #                                      namespaces, ssh into them)
 #       chromium, chromium-driver      tests/gateway/test_jupyterlab.py (headless JupyterLab via
@@ -44,7 +44,7 @@ start_s=$SECONDS
 mkdir -p "$KL_CACHE"
 
 # ---------------------------------------------------------------- system packages
-# debootstrap: builds the Docker kernel image (images/python-kernel/build.sh) from Debian packages.
+# debootstrap: builds the Docker kernel images (images/*/build.sh) from Debian packages.
 apt_packages=(r-base-core r-cran-irkernel util-linux procps iproute2 busybox-static debootstrap)
 # openssh: gateway-lite's SSH provisioner tests run sshd in network namespaces and ssh into them.
 apt_packages+=(openssh-server openssh-client)

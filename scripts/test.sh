@@ -5,10 +5,12 @@
 #   2. format and lint: cargo fmt --check, cargo clippy -D warnings
 #   3. build: scripts/dist.sh (static kernel-launcher and gateway-lite, tarballs, images) and
 #      the debug binaries
-#   4. the Docker kernel image (images/python-kernel/build.sh, debootstrap rootfs cached)
+#   4. the Docker kernel images (images/{python,r,spark-python,scala}-kernel/build.sh, rootfs
+#      and wheels cached)
 #   5. the Rust tests (cargo nextest): unit, property, launcher integration (real ipykernel,
 #      IRkernel, PID 1 under unshare), gateway-lite integration (real ipykernel; sshd in network
-#      namespaces; Docker containers), end-to-end
+#      namespaces; Docker containers), end-to-end (each kernel image run as EG's Docker
+#      launcher runs it)
 #   6. a short fuzz smoke run (scripts/fuzz-smoke.sh, which installs cargo-fuzz when missing)
 #   7. the pytest suites: real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark 3.5 / 4.3
 #      (tests/eg, tests/spark, in venv-eg; tests/eg also runs our kernel images through EG's
@@ -45,10 +47,14 @@ export KL_STATIC_LAUNCHER="$root/target/x86_64-unknown-linux-gnu/release/kernel-
 export KL_BUSYBOX=/bin/busybox
 export KERNEL_LAUNCHER="$root/target/debug/kernel-launcher"
 
-step "Docker kernel image (debootstrap rootfs cached under \$HOME/.cache)"
-# The gateway-lite Docker tests need it; they fail (not skip) when Docker is unusable.
+step "Docker kernel images (debootstrap rootfs and wheels cached under \$HOME/.cache)"
+# The gateway-lite Docker tests and tests/tests/e2e/images.rs need them; they fail (not skip)
+# when Docker is unusable or a variable is missing.
 KL_KERNEL_IMAGE="$(images/python-kernel/build.sh | tail -n 1)"
-export KL_KERNEL_IMAGE
+KL_R_KERNEL_IMAGE="$(images/r-kernel/build.sh | tail -n 1)"
+KL_SPARK_KERNEL_IMAGE="$(images/spark-python-kernel/build.sh | tail -n 1)"
+KL_SCALA_KERNEL_IMAGE="$(images/scala-kernel/build.sh | tail -n 1)"
+export KL_KERNEL_IMAGE KL_R_KERNEL_IMAGE KL_SPARK_KERNEL_IMAGE KL_SCALA_KERNEL_IMAGE
 
 step "Rust tests (unit, property, launcher integration, end-to-end)"
 cargo nextest run --workspace --locked --no-fail-fast

@@ -88,9 +88,17 @@ impl KernelCommand {
                 "--args".into(),
                 PLACEHOLDER.into(),
             ],
+            // Apache Toree, started the way its own bin/run.sh does (spark-submit --class
+            // org.apache.toree.Main ASSEMBLY --profile FILE): INTERPRETER is that script, by
+            // default `toree` on PATH (the scala-kernel image has one).
+            "scala" => vec![
+                interpreter.unwrap_or("toree").to_string(),
+                "--profile".into(),
+                PLACEHOLDER.into(),
+            ],
             other => {
                 return Err(format!(
-                    "no default kernel command for language `{other}` (defaults exist for python and r); give the kernel argv after `--`, with {PLACEHOLDER} where the connection file goes"
+                    "no default kernel command for language `{other}` (defaults exist for python, r and scala); give the kernel argv after `--`, with {PLACEHOLDER} where the connection file goes"
                 ));
             }
         };
@@ -196,7 +204,12 @@ mod tests {
         );
         let r = KernelCommand::resolve(None, Some("R"), None, None).unwrap();
         assert_eq!(r.argv_for(Path::new("c.json"), "id")[0], "R");
-        let e = KernelCommand::resolve(None, Some("scala"), None, None).unwrap_err();
+        let scala = KernelCommand::resolve(None, Some("Scala"), None, None).unwrap();
+        assert_eq!(
+            scala.argv_for(Path::new("c.json"), "id"),
+            ["toree", "--profile", "c.json"]
+        );
+        let e = KernelCommand::resolve(None, Some("julia"), None, None).unwrap_err();
         assert!(e.contains("after `--`"));
         assert!(KernelCommand::resolve(Some(vec![]), None, None, None).is_err());
     }

@@ -115,6 +115,13 @@ pub struct Config {
     /// the payload, and required on every comm-port request (signed with it).
     pub secret: Option<String>,
     pub working_dir: Option<PathBuf>,
+    /// `KERNEL_UID` / `KERNEL_GID` as given; `identity` checks and applies them.
+    pub kernel_uid: Option<String>,
+    pub kernel_gid: Option<String>,
+    /// The inherited `HOME`, checked for the kernel's uid by `identity`.
+    pub home: Option<PathBuf>,
+    /// `TMPDIR`, else `/tmp`: where a private `HOME` goes when the inherited one is unusable.
+    pub tmp_dir: PathBuf,
     /// How long a kernel gets between SIGTERM and SIGKILL, and after `{"shutdown":1}`.
     pub grace: Duration,
     /// How long to keep retrying the connect to the response address.
@@ -519,6 +526,10 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
     };
 
     let working_dir = env_get("KERNEL_WORKING_DIR").map(PathBuf::from);
+    let kernel_uid = env_get("KERNEL_UID");
+    let kernel_gid = env_get("KERNEL_GID");
+    let home = env_get("HOME").map(PathBuf::from);
+    let tmp_dir = PathBuf::from(env_get("TMPDIR").unwrap_or_else(|| "/tmp".to_string()));
     let grace = parse_seconds(
         "--grace-period (env KERNEL_LAUNCHER_GRACE_PERIOD)",
         raw.get("grace-period")
@@ -569,6 +580,10 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         ip,
         secret,
         working_dir,
+        kernel_uid,
+        kernel_gid,
+        home,
+        tmp_dir,
         grace,
         response_timeout,
         exit_with_parent,

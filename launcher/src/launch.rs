@@ -20,6 +20,7 @@ use protocol::signed;
 use crate::comm::CommPort;
 use crate::config::{BindAddress, Config};
 use crate::connfile::ConnectionFile;
+use crate::identity::{Identity, PrivateHome};
 use crate::kernel::Kernel;
 use crate::ports;
 use crate::report;
@@ -47,6 +48,25 @@ fn bind_address(config: &Config) -> IpAddr {
 pub fn run(config: Config) -> i32 {
     for w in &config.warnings {
         log::warn!("{w}");
+    }
+    // The identity comes first: ports, the connection file and the kernel all belong to the
+    // kernel's user, and no thread has been started yet.
+    match Identity::from_env(config.kernel_uid.as_deref(), config.kernel_gid.as_deref()) {
+        Ok(Some(identity)) => {
+            if let Err(e) = identity.apply() {
+                log::error!(
+                    "cannot switch to KERNEL_UID {} / KERNEL_GID {}: {e}",
+                    identity.uid,
+                    identity.gid
+                );
+                return EXIT_OSERR;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            log::error!("{e}");
+            return e.exit_code();
+        }
     }
     let ip = bind_address(&config);
     log::info!(
@@ -136,13 +156,28 @@ pub fn run(config: Config) -> i32 {
         }
         ok
     });
+    let mut env = spark.env.clone();
+    let home = match PrivateHome::ensure(config.home.as_deref(), &config.tmp_dir) {
+        Ok(home) => home,
+        Err(e) => {
+            log::warn!(
+                "HOME is not writable and no private HOME could be made under {}: {e}; the kernel keeps HOME as it is",
+                config.tmp_dir.display()
+            );
+            None
+        }
+    };
+    if let Some(h) = &home {
+        env.push(("HOME".into(), h.path().display().to_string()));
+    }
     log::info!("starting kernel: {argv:?}");
-    let kernel = match Kernel::spawn(&argv, working_dir, &spark.env) {
+    let kernel = match Kernel::spawn(&argv, working_dir, &env) {
         Ok(k) => k,
         Err(e) => {
             log::error!("{e}; check the kernel argv after `--` or --interpreter");
             connfile.remove();
             spark.remove();
+            home.iter().for_each(PrivateHome::remove);
             return e.exit_code();
         }
     };
@@ -232,6 +267,7 @@ pub fn run(config: Config) -> i32 {
     drop(held_kernel_ports);
     connfile.remove();
     spark.remove();
+    home.iter().for_each(PrivateHome::remove);
     log::info!("kernel-launcher exiting with code {code}");
     code
 }

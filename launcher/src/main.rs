@@ -8,6 +8,7 @@ mod comm;
 mod command;
 mod config;
 mod connfile;
+mod identity;
 mod kernel;
 mod launch;
 mod ports;

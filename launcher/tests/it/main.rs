@@ -5,6 +5,7 @@
 
 mod cli;
 mod comm;
+mod identity;
 mod kernels;
 mod lifecycle;
 mod pid1;

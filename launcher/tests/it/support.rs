@@ -20,6 +20,8 @@ pub fn launcher() -> Command {
         .env_remove("PORT_RANGE")
         .env_remove("EG_PORT_RANGE")
         .env_remove("PYSPARK_GATEWAY_PORT")
+        .env_remove("KERNEL_UID")
+        .env_remove("KERNEL_GID")
         .env("LOG_LEVEL", "debug");
     c
 }
