@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 
 from support import eg_containers as ec
-from support.kernels import JupyterRest, check_itests, free_port, kill_tree, run_eg_itests, wait_http_ok
+from support.kernels import JupyterRest, free_port, kill_tree, wait_http_ok
 
 IMAGES = ec.images_in_tree()
 
@@ -114,33 +114,12 @@ def test_docker_lifecycle(eg_docker, docker_client, image):
         raise AssertionError(f"{exc}\n--- EG log tail ---\n{_log_tail(log)}") from None
 
 
-ITESTS = [
-    (img, lang)
-    for img, lang in (("python-kernel", "python"), ("r-kernel", "r"), ("spark-python-kernel", "python"))
-    if img in IMAGES
-]
-
-
-@pytest.mark.parametrize("image,lang", ITESTS)
-def test_docker_eg_itests(paths, eg_docker, docker_client, image, lang):
-    """EG's own itests (the local/distributed Python classes, the local R class) against the
-    Docker kernelspec. The kernel's hostname is its container name, KERNEL_USERNAME-KERNEL_ID,
-    and the itests' client sends KERNEL_USERNAME=kl-e2e."""
-    from support.kernels import ITEST_CLASSES
-
-    base_url, log = eg_docker
-    test_file, selector, expected = ITEST_CLASSES[lang]
-    spec = ec.spec_name(image)
-    names = (
-        {"PYTHON_KERNEL_LOCAL_NAME": spec, "PYTHON_KERNEL_DISTRIBUTED_NAME": spec}
-        if lang == "python"
-        else {"R_KERNEL_LOCAL_NAME": spec}
-    )
-    names["ITEST_HOSTNAME_PREFIX"] = "kl-e2e-"
-    names["KERNEL_LAUNCH_TIMEOUT"] = "180"
+@pytest.mark.parametrize("image", [i for i in IMAGES if i in ec.ITESTS])
+def test_docker_eg_itests(paths, eg_docker, docker_client, image):
+    """EG's own itests (support.eg_containers.ITESTS) against the image's kernelspec."""
+    base_url = eg_docker[0]
     before = ec.eg_resources(docker_client)
-    proc = run_eg_itests(paths.py_eg, paths.eg_sdist, base_url.removeprefix("http://"), test_file, selector, names)
-    check_itests(proc, expected, what=f"EG itests ({lang}) on {image} via DockerProcessProxy")
+    ec.run_image_itests(paths.py_eg, paths.eg_sdist, base_url, image, "DockerProcessProxy")
     left = ec.wait_new_eg_resources_gone(docker_client, before)
     assert not left, f"the itests' kernels left containers: {left}"
 

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from support import eg_containers as ec
-from support.kernels import ITEST_CLASSES, JupyterRest, check_itests, run_eg_itests
+from support.kernels import JupyterRest
 
 IMAGES = ec.images_in_tree()
 EG_PORT_IN_CONTAINER = 8888
@@ -180,31 +180,13 @@ def test_swarm_lifecycle(eg_swarm, docker_client, image):
         raise AssertionError(f"{exc}\n--- EG log tail ---\n{_eg_log(container)}") from None
 
 
-ITESTS = [
-    (img, lang)
-    for img, lang in (("python-kernel", "python"), ("r-kernel", "r"), ("spark-python-kernel", "python"))
-    if img in IMAGES
-]
-
-
-@pytest.mark.parametrize("image,lang", ITESTS)
-def test_swarm_eg_itests(paths, eg_swarm, docker_client, image, lang):
-    """EG's own itests against the swarm kernelspec. A service task's hostname is the service
-    name, KERNEL_USERNAME-KERNEL_ID, and the itests' client sends KERNEL_USERNAME=kl-e2e."""
+@pytest.mark.parametrize("image", [i for i in IMAGES if i in ec.ITESTS])
+def test_swarm_eg_itests(paths, eg_swarm, docker_client, image):
+    """EG's own itests (support.eg_containers.ITESTS) against the image's kernelspec."""
     base_url, container = eg_swarm
-    test_file, selector, expected = ITEST_CLASSES[lang]
-    spec = ec.spec_name(image)
-    names = (
-        {"PYTHON_KERNEL_LOCAL_NAME": spec, "PYTHON_KERNEL_DISTRIBUTED_NAME": spec}
-        if lang == "python"
-        else {"R_KERNEL_LOCAL_NAME": spec}
-    )
-    names["ITEST_HOSTNAME_PREFIX"] = "kl-e2e-"
-    names["KERNEL_LAUNCH_TIMEOUT"] = "180"
     before = ec.eg_resources(docker_client)
-    proc = run_eg_itests(paths.py_eg, paths.eg_sdist, base_url.removeprefix("http://"), test_file, selector, names)
     try:
-        check_itests(proc, expected, what=f"EG itests ({lang}) on {image} via DockerSwarmProcessProxy")
+        ec.run_image_itests(paths.py_eg, paths.eg_sdist, base_url, image, "DockerSwarmProcessProxy")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- EG log tail ---\n{_eg_log(container)}") from None
     left = ec.wait_new_eg_resources_gone(docker_client, before)

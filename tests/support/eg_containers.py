@@ -35,6 +35,11 @@ class KernelImage:
     # what the interrupted cell reports (ipykernel: a KeyboardInterrupt error); None where the
     # kernel just ends the cell (IRkernel)
     interrupted: str | None = None
+    # Spark images: the kernelspec passes --RemoteProcessProxy.spark-context-initialization-mode
+    # lazy, as EG's spark_* kernelspecs do. It has to: launch_docker.py and launch_kubernetes.py
+    # always put KERNEL_SPARK_CONTEXT_INIT_MODE in the container's environment (their argparse
+    # default is "none"), which overrides the image's own default.
+    spark: bool = False
 
 
 KNOWN_IMAGES = {
@@ -56,9 +61,58 @@ KNOWN_IMAGES = {
         "42",
         "print('begin', flush=True)\nimport time\ntime.sleep(600)",
         "KeyboardInterrupt",
+        spark=True,
     ),
-    "scala-kernel": KernelImage("scala-kernel", "scala", "6*7", "42", 'println("begin"); Thread.sleep(600000)'),
+    "scala-kernel": KernelImage(
+        "scala-kernel", "scala", "6*7", "42", 'println("begin"); Thread.sleep(600000)', spark=True
+    ),
 }
+
+
+# EG's own itests per image: (file, -k selector, tests it selects, the env variables naming
+# the kernelspec, extra env). Spark images run the Spark classes ("client" mode: the driver is
+# in the kernel's container, master local[*]), which add spark.app.id, deploy mode, master and
+# version checks to the base ones.
+SPARK_EXPECT = {
+    "EXPECTED_APPLICATION_ID": "local-",
+    "EXPECTED_DEPLOY_MODE": "client",
+    "EXPECTED_SPARK_MASTER": "local",
+    "EXPECTED_SPARK_VERSION": "3\\.5\\.",
+}
+ITESTS = {
+    "python-kernel": (
+        "test_python_kernel.py",
+        "TestPythonKernelLocal or TestPythonKernelDistributed",
+        10,
+        ["PYTHON_KERNEL_LOCAL_NAME", "PYTHON_KERNEL_DISTRIBUTED_NAME"],
+        {},
+    ),
+    "r-kernel": ("test_r_kernel.py", "TestRKernelLocal", 4, ["R_KERNEL_LOCAL_NAME"], {}),
+    "spark-python-kernel": (
+        "test_python_kernel.py",
+        "TestPythonKernelClient",
+        9,
+        ["PYTHON_KERNEL_CLIENT_NAME"],
+        SPARK_EXPECT,
+    ),
+    "scala-kernel": ("test_scala_kernel.py", "TestScalaKernelClient", 8, ["SCALA_KERNEL_CLIENT_NAME"], SPARK_EXPECT),
+}
+
+
+def run_image_itests(py_eg: str, eg_sdist, base_url: str, image: str, what: str) -> None:
+    """EG's own itests for `image` against the gateway at base_url. The kernel's hostname is its
+    container (or service) name, KERNEL_USERNAME-KERNEL_ID, and the itests' client sends
+    KERNEL_USERNAME=kl-e2e."""
+    from support.kernels import check_itests, run_eg_itests
+
+    test_file, selector, expected, name_vars, extra = ITESTS[image]
+    env = {v: spec_name(image) for v in name_vars}
+    env.update(extra)
+    env["ITEST_HOSTNAME_PREFIX"] = "kl-e2e-"
+    env["KERNEL_LAUNCH_TIMEOUT"] = "180"
+    env["REQUEST_TIMEOUT"] = "120"  # a JVM kernel's first cells take longer than the default 30 s
+    proc = run_eg_itests(py_eg, eg_sdist, base_url.removeprefix("http://"), test_file, selector, env, timeout=1800)
+    check_itests(proc, expected, what=f"EG itests {test_file} -k '{selector}' on {image} via {what}")
 
 
 def images_in_tree() -> list[str]:
@@ -142,6 +196,7 @@ def write_container_kernelspecs(root: Path, python: str, eg_sdist: Path, proxy_c
                 "{response_address}",
                 "--RemoteProcessProxy.public-key",
                 "{public_key}",
+                *(["--RemoteProcessProxy.spark-context-initialization-mode", "lazy"] if img.spark else []),
             ],
         }
         (d / "kernel.json").write_text(json.dumps(spec, indent=2))
