@@ -1,9 +1,10 @@
 """Receive one launcher payload with Enterprise Gateway 3.3.0's own ResponseManager.
 
-Runs in venv-eg. Usage: eg_receive_payload.py RESPONSE_PORT KERNEL_ID TIMEOUT_S
+Runs in venv-eg. Usage: eg_receive_payload.py RESPONSE_PORT KERNEL_ID TIMEOUT_S [RESPONSE_IP]
+(RESPONSE_IP: the address EG binds and reports, default 127.0.0.1)
 
 Prints two JSON lines on stdout:
-  1. {"response_address": "127.0.0.1:PORT", "public_key": "<EG's public key string>"}
+  1. {"response_address": "RESPONSE_IP:PORT", "public_key": "<EG's public key string>"}
   2. {"connection_info": {...}}   as decrypted and matched by EG's ResponseManager
      or {"error": "..."} (exit 2) when nothing arrived in time.
 EG's own log output goes to stderr.
@@ -19,7 +20,7 @@ import sys
 def main() -> int:
     port, kernel_id, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
     # Read by processproxy.py at import time.
-    os.environ["EG_RESPONSE_IP"] = "127.0.0.1"
+    os.environ["EG_RESPONSE_IP"] = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
     os.environ["EG_RESPONSE_PORT"] = port
     os.environ["EG_RESPONSE_PORT_RETRIES"] = "0"
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
