@@ -160,6 +160,19 @@ impl SwarmEnv {
                 "swarm_nowhere",
                 spec(json!({"image_name": kernel, "constraints": "node.labels.gl-it-absent==yes"})),
             ),
+            // gateway_provisioners' form: its provisioner name and the plain option names.
+            (
+                "gp_swarm",
+                json!({
+                    "argv": ["python", "/usr/local/share/jupyter/kernels/gp/scripts/launch_docker.py",
+                        "--kernel-id", "{kernel_id}", "--port-range", "{port_range}",
+                        "--response-address", "{response_address}", "--public-key", "{public_key}"],
+                    "display_name": "Python on Swarm (gateway_provisioners)", "language": "python",
+                    "metadata": {"kernel_provisioner": {
+                        "provisioner_name": "docker-swarm-provisioner",
+                        "config": {"image_name": kernel}}}
+                }),
+            ),
         ] {
             let d = self.specs.join(name);
             std::fs::create_dir_all(&d).unwrap();
@@ -394,8 +407,9 @@ async fn swarm_kernels_run_as_services_with_the_gateway_on_the_overlay() {
         "a new service"
     );
     let mut k = gw.connect(&id, true).await;
-    assert_eq!(k.execute("x").await.ename, "NameError");
+    // `y` first: after an error ipykernel aborts requests queued right behind it.
     assert_eq!(k.execute("y = 41").await.status, "ok");
+    assert_eq!(k.execute("x").await.ename, "NameError");
     drop(k);
 
     // Re-attach: the gateway container restarts (its kernels keep running; the state is on
@@ -523,6 +537,21 @@ async fn swarm_kernels_run_as_services_with_the_gateway_on_the_overlay() {
             "{request}: no service left"
         );
     }
+    // A gateway_provisioners spec runs as a service too.
+    let (status, m) = start(&gw, "gp_swarm", json!({})).await;
+    assert_eq!(status, 201, "{m}\n{}", env.logs());
+    let gp = m["id"].as_str().unwrap().to_owned();
+    let s = env
+        .service(&gp)
+        .expect("the gateway_provisioners kernel's service");
+    assert_eq!(s["Spec"]["Labels"]["kernel_id"], gp.as_str());
+    let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{gp}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    until("its service is removed", || {
+        env.services(Some(&gp)).is_empty().then_some(())
+    })
+    .await;
+
     let (_, list) = gw.json("GET", "/api/kernels", None).await;
     assert_eq!(
         list.as_array()
