@@ -145,6 +145,9 @@ pub enum BindAddress {
     Route,
 }
 
+/// The entrypoint script of EG's kernel images, which the launcher stands in for.
+const BOOTSTRAP_SCRIPT: &str = "bootstrap-kernel.sh";
+
 /// Shortest accepted `KERNEL_LAUNCHER_SECRET`.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -462,6 +465,19 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         let primary = positionals.remove(0);
         warnings.push(format!(
             "running under spark-submit; ignoring the primary resource `{primary}`"
+        ));
+    }
+    // Interop quirk: images built for EG run /usr/local/bin/bootstrap-kernel.sh as their
+    // command; with kernel-launcher as the entrypoint, a deployment that still names that
+    // script as the command (Docker's CMD, a pod's args) hands its path to the launcher, which
+    // is what the script would have started. It is not a connection-file location.
+    if positionals
+        .first()
+        .is_some_and(|p| p.rsplit('/').next() == Some(BOOTSTRAP_SCRIPT))
+    {
+        let script = positionals.remove(0);
+        warnings.push(format!(
+            "ignoring `{script}`: EG's kernel entrypoint script, given as an argument; kernel-launcher takes its place"
         ));
     }
     if positionals.len() > 1 {
@@ -858,6 +874,17 @@ mod tests {
         .unwrap();
         assert!(c.spark_submit && c.exit_with_parent);
         assert!(c.connection_file.ends_with("kernel-k.json"));
+    }
+
+    #[test]
+    fn eg_bootstrap_script_as_an_argument_is_ignored() {
+        let c = run(
+            &["/usr/local/bin/bootstrap-kernel.sh"],
+            &[("KERNEL_ID", "k")],
+        )
+        .unwrap();
+        assert_eq!(c.connection_file, PathBuf::from("/tmp/kernel-k.json"));
+        assert!(c.warnings.iter().any(|w| w.contains("bootstrap-kernel.sh")));
     }
 
     #[test]
