@@ -87,7 +87,7 @@ impl KernelRun {
 
     /// `docker run -d --user USER` with EG's launch variables and `env`.
     pub fn start(&self, image: &str, user: &str, env: &[(&str, &str)]) {
-        self.start_with(image, &["--user", user], env);
+        self.start_with(image, &["--user", user], env, &[]);
     }
 
     /// What EG 3.3's `launch_docker.py` does: `user=KERNEL_UID` (a bare uid, so the image's
@@ -115,11 +115,19 @@ impl KernelRun {
             image,
             &["--user", &uid, "--group-add", &gid, "--group-add", "100"],
             &all,
+            &[],
         );
     }
 
-    /// `docker run -d DOCKER_ARGS` with EG's launch variables and `env`.
-    pub fn start_with(&self, image: &str, docker_args: &[&str], env: &[(&str, &str)]) {
+    /// `docker run -d DOCKER_ARGS` with EG's launch variables and `env`, and `command` after
+    /// the image.
+    pub fn start_with(
+        &self,
+        image: &str,
+        docker_args: &[&str],
+        env: &[(&str, &str)],
+        command: &[&str],
+    ) {
         let mut args: Vec<String> = ["run", "-d", "--name", &self.name, "--network", &self.name]
             .iter()
             .chain(docker_args)
@@ -139,6 +147,7 @@ impl KernelRun {
             args.push(format!("{k}={v}"));
         }
         args.push(image.into());
+        args.extend(command.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = docker(&args);
         assert!(out.status.success(), "docker run failed: {}", text(&out));

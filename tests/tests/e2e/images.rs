@@ -181,6 +181,25 @@ fn python_kernel_image_started_as_root_switches_to_kernel_uid() {
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
 }
 
+/// Deployments written for EG's images name /usr/local/bin/bootstrap-kernel.sh, as the
+/// entrypoint or as the command: both start the kernel.
+#[test]
+fn bootstrap_kernel_sh_as_entrypoint_or_command_starts_the_kernel() {
+    let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
+    let script = "/usr/local/bin/bootstrap-kernel.sh";
+    for (docker_args, command) in [
+        (vec!["--user", "1000", "--entrypoint", script], vec![]),
+        (vec!["--user", "1000"], vec![script]),
+    ] {
+        let run = KernelRun::create();
+        run.start_with(&image, &docker_args, &[], &command);
+        let report = run.payload();
+        let out = run.execute_and_shut_down(&report, &["print(6 * 7)"]);
+        assert_eq!(out, "42", "{docker_args:?} {command:?}: {}", run.logs());
+        assert_eq!(run.exit_code(), 0, "{}", run.logs());
+    }
+}
+
 /// KERNEL_UID=0 is refused with exit code 77 and a message saying why; no payload is sent.
 #[test]
 fn kernel_uid_0_is_refused() {
