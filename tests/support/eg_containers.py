@@ -351,7 +351,7 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             ri = rest.interrupt(kid)
             assert ri.status_code == 204, f"interrupt: HTTP {ri.status_code}: {ri.text[:1000]}"
             # The cell ends (its reply arrives) long before its 600 s sleep would.
-            res = ch.collect(mid, timeout=EXEC_TIMEOUT)
+            res = wait_reply(ch, mid, EXEC_TIMEOUT, until_text=img.interrupted)
             assert res.status is not None, f"interrupted cell got no reply: {res}"
             if img.interrupted:
                 assert img.interrupted in (res.ename or "") + res.text, f"interrupted cell: {res}"
@@ -372,6 +372,32 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             except Exception:
                 pass
         remove_kernel_resources(client, kid)
+
+
+def wait_reply(ch, mid: str, timeout: float, until_text: str | None = None):
+    """Collect request `mid`'s output until its execute_reply has arrived (and, with until_text,
+    that text too). Unlike KernelChannels.collect this does not wait for the iopub idle status:
+    Toree sends no idle status for a cell it interrupted."""
+    from support.kernels import ExecResult
+
+    res = ExecResult()
+    deadline = time.monotonic() + timeout
+    while res.status is None or (until_text and until_text not in (res.ename or "") + res.text):
+        m = ch.recv(deadline)
+        if m is None:
+            raise TimeoutError(f"execute {mid}: no reply{' and ' + until_text if until_text else ''} within {timeout}s: {res}")
+        if m.get("parent_header", {}).get("msg_id") != mid:
+            continue
+        mt, c = m.get("msg_type"), m.get("content", {})
+        if mt == "stream":
+            res.text += c.get("text", "")
+        elif mt == "error":
+            res.ename, res.evalue = c.get("ename"), c.get("evalue")
+            res.text += "\n".join(c.get("traceback", []))
+        elif mt == "execute_reply":
+            res.status = c.get("status")
+        res.outputs.append(m)
+    return res
 
 
 def check_prohibited_uid(rest, client: docker.DockerClient, spec: str) -> None:
