@@ -54,17 +54,27 @@ KNOWN_IMAGES = {
     "r-kernel": KernelImage(
         "r-kernel", "r", "6*7", "42", "cat('begin\\n'); flush(stdout()); Sys.sleep(600)"
     ),
+    # The Spark images' cell runs a Spark job, so it proves the (lazy) SparkContext exists and
+    # it waits for the context's start-up: an interrupt sent to Toree 0.5.0 (Java 17) while its
+    # lazy SparkContext is still starting is lost (its "SIGINT handler" thread dies with an
+    # ExceptionInInitializerError, a null context class loader), and the sleeping cell then runs
+    # to its end. After start-up, interrupts work.
     "spark-python-kernel": KernelImage(
         "spark-python-kernel",
         "python",
-        "6*7",
+        "sc.parallelize([6]).map(lambda x: x * 7).first()",
         "42",
         "print('begin', flush=True)\nimport time\ntime.sleep(600)",
         "KeyboardInterrupt",
         spark=True,
     ),
     "scala-kernel": KernelImage(
-        "scala-kernel", "scala", "6*7", "42", 'println("begin"); Thread.sleep(600000)', spark=True
+        "scala-kernel",
+        "scala",
+        "sc.parallelize(Seq(6)).map(_ * 7).first",
+        "42",
+        'println("begin"); Thread.sleep(600000)',
+        spark=True,
     ),
 }
 
