@@ -9,7 +9,6 @@ removed; everything else on the Docker host belongs to someone else."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -310,15 +309,6 @@ def interpreter_prefix(python: str) -> str:
 def venv_root(python: str) -> str:
     """The venv directory of a venv interpreter path (…/venv/bin/python -> …/venv)."""
     return str(Path(python).parent.parent)
-
-
-def env_file_lines(env: dict) -> str:
-    return "".join(f"{k}={v}\n" for k, v in env.items())
-
-
-def docker_env() -> dict:
-    """Environment for docker CLI calls from the tests."""
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG")}
 
 
 # ----------------------------------------------------------------------------- scenarios
