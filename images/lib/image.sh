@@ -3,28 +3,30 @@
 #
 # A recipe sets its name and the rootfs recipe, then calls, in order:
 #   image_init NAME "$@"          options (--launcher PATH, --tag TAG, --help), checks, the lock
-#   image_rootfs REPO-base SUITE VARIANT VERSION HOOK PACKAGE...
+#   image_rootfs NAME-base SUITE VARIANT VERSION HOOK PACKAGE...
 #                                 a debootstrap rootfs of PACKAGE... (+ what HOOK adds), packed
 #                                 under $KL_CACHE/images keyed by the recipe, imported once;
 #                                 sets IMAGE_BASE. HOOK (a function, or : for none) gets the
 #                                 rootfs directory and runs after the common clean-up.
-#   image_layer FROM REPO KEY HOOK  optional: a layer of files on FROM (HOOK fills a staging
+#   image_layer FROM NAME KEY HOOK  optional: a layer of files on FROM (HOOK fills a staging
 #                                 directory that is copied to / of the container), committed
 #                                 once per KEY; sets IMAGE_BASE to the result.
-#   image_finish REPO CHANGE...   the launcher layer (kernel-launcher, the bootstrap-kernel.sh
+#   image_finish NAME CHANGE...   the launcher layer (kernel-launcher, the bootstrap-kernel.sh
 #                                 link, entrypoint, user 1000:100, the given Dockerfile
 #                                 CHANGEs), tags :latest (and --tag), reports the size on
 #                                 stderr and prints the image reference as the last stdout line.
 #
 # Environment: KL_CACHE (default ~/.cache/kernel-launcher), KL_STATIC_LAUNCHER (default
 # target/x86_64-unknown-linux-gnu/release/kernel-launcher, built by scripts/build-static.sh when
-# missing), KL_DEBIAN_MIRROR (default: the machine's own apt sources, see image_debian_mirror).
+# missing), KL_DEBIAN_MIRROR (default: the machine's own apt sources, see image_debian_mirror),
+# KL_IMAGE_PREFIX (default gateway-lite: the images are <prefix>/<name>:<tag>).
 # Python packages come from the host's pip with its own configuration (index, find-links,
 # certificates; KL_PYTHON picks the python): see image_pip.
 
 IMAGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 IMAGE_CACHE="${KL_CACHE:-$HOME/.cache/kernel-launcher}/images"
 IMAGE_WHEELS="${KL_CACHE:-$HOME/.cache/kernel-launcher}/wheels"
+IMAGE_PREFIX="${KL_IMAGE_PREFIX:-gateway-lite}"
 IMAGE_NAME=image
 IMAGE_BASE=""
 IMAGE_TAG=""
@@ -167,10 +169,11 @@ image_rootfs_common() {
     chmod 1777 "$r/tmp"
 }
 
-# image_rootfs REPO SUITE VARIANT VERSION HOOK PACKAGE...: sets IMAGE_BASE (REPO:<key>).
+# image_rootfs NAME SUITE VARIANT VERSION HOOK PACKAGE...: sets IMAGE_BASE
+# (<prefix>/NAME:<key>).
 # The key covers VERSION, SUITE, VARIANT and the packages; bump VERSION when HOOK changes.
 image_rootfs() {
-    local repo="$1" suite="$2" variant="$3" version="$4" hook="$5"
+    local repo="$IMAGE_PREFIX/$1" suite="$2" variant="$3" version="$4" hook="$5"
     shift 5
     local packages=("$@") key
     key="$(printf '%s\n' "$version" "$suite" "$variant" "${packages[@]}" | sha256sum | cut -c1-16)"
@@ -225,10 +228,10 @@ image_commit_files() {
     trap - EXIT
 }
 
-# image_layer FROM REPO KEY HOOK: a layer of files HOOK writes into a staging directory (its
-# argument), committed on FROM as REPO:<hash of FROM's id and KEY>; sets IMAGE_BASE to it.
+# image_layer FROM NAME KEY HOOK: a layer of files HOOK writes into a staging directory (its
+# argument), committed on FROM as <prefix>/NAME:<hash of FROM's id and KEY>; sets IMAGE_BASE.
 image_layer() {
-    local from="$1" repo="$2" key="$3" hook="$4" id tag
+    local from="$1" repo="$IMAGE_PREFIX/$2" key="$3" hook="$4" id tag
     id="$(docker image inspect -f '{{.Id}}' "$from")"
     tag="$(printf '%s\n' "$id" "$key" | sha256sum | cut -c1-16)"
     IMAGE_BASE="$repo:$tag"
@@ -246,9 +249,10 @@ image_layer() {
     rm -rf "$stage"
 }
 
-# image_finish REPO CHANGE...: the launcher layer on IMAGE_BASE; prints the image reference.
+# image_finish NAME CHANGE...: the launcher layer on IMAGE_BASE, as <prefix>/NAME:<tag>; prints
+# the image reference.
 image_finish() {
-    local repo="$1"
+    local repo="$IMAGE_PREFIX/$1"
     shift
     local launcher_sum tag image
     launcher_sum="$(sha256sum "$IMAGE_LAUNCHER" | cut -c1-64)"

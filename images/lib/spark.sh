@@ -25,17 +25,30 @@ spark_rootfs_hook() {
 spark_rootfs() {
     # python3-cffi-backend and libboost-regex1.74.0: see images/python-kernel/build.sh.
     # libnss-wrapper: lets the JVM see a user name for a uid without a passwd entry (bin/spark-kernel-env).
-    image_rootfs gateway-lite/spark-base bookworm minbase "1 $SPARK_PYSPARK $SPARK_PY4J" spark_rootfs_hook \
+    image_rootfs spark-base bookworm minbase "1 $SPARK_PYSPARK $SPARK_PY4J" spark_rootfs_hook \
         python3-ipykernel python3-cffi-backend libboost-regex1.74.0 openjdk-17-jre-headless \
         libnss-wrapper
 }
 
-# spark_kernel_layer STAGE: images/lib/spark-kernel as /usr/local/bin/spark-python and toree.
+# spark_kernel_layer STAGE: images/lib/spark-kernel (with this image's SPARK_HOME filled in) as
+# /usr/local/bin/spark-python and toree.
 spark_kernel_layer() {
     local stage="$1" bin="$1/usr/local/bin"
     install -d -m 0755 "$stage/usr" "$stage/usr/local" "$bin"
-    install -m 0755 "$IMAGE_ROOT/images/lib/spark-kernel" "$bin/spark-kernel"
+    sed "s|^image_spark_home=@SPARK_HOME@\$|image_spark_home=$SPARK_HOME_IN_IMAGE|" \
+        "$IMAGE_ROOT/images/lib/spark-kernel" >"$bin/spark-kernel"
+    grep -q "^image_spark_home=$SPARK_HOME_IN_IMAGE\$" "$bin/spark-kernel" || die "spark-kernel has no image_spark_home line"
+    chmod 0755 "$bin/spark-kernel"
     ln -s spark-kernel "$bin/spark-python"
     ln -s spark-kernel "$bin/toree"
     chown -R 0:0 "$stage/usr"
+}
+
+# spark_base: sets IMAGE_BASE to the Spark rootfs plus the spark-kernel layer, the common base
+# of spark-python-kernel and scala-kernel.
+spark_base() {
+    spark_rootfs
+    local lib="$IMAGE_ROOT/images/lib" key
+    key="spark-kernel $(cat "$lib/spark-kernel" "$lib/spark.sh" | sha256sum | cut -c1-16)"
+    image_layer "$IMAGE_BASE" spark-kernel-base "$key" spark_kernel_layer
 }

@@ -38,6 +38,6 @@ image_init python-kernel "$@"
 # python3-cffi-backend-api-{min,max} (python3-cffi-backend), and gdb (python3-debugpy ->
 # python3-pydevd -> gdb -> libsource-highlight4v5) needs libboost-regex1.74.0-icu72
 # (libboost-regex1.74.0).
-image_rootfs gateway-lite/python-kernel-base bookworm minbase 1 : \
+image_rootfs python-kernel-base bookworm minbase 1 : \
     python3-ipykernel python3-cffi-backend libboost-regex1.74.0
-image_finish gateway-lite/python-kernel 'ENV KERNEL_LANGUAGE=python'
+image_finish python-kernel 'ENV KERNEL_LANGUAGE=python'

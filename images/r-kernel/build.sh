@@ -18,5 +18,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/image.sh"
 image_init r-kernel "$@"
 # r-base-core is listed because debootstrap does not resolve the virtual r-api-4.0 that
 # r-cran-irkernel depends on.
-image_rootfs gateway-lite/r-kernel-base bookworm minbase 1 : r-cran-irkernel r-base-core
-image_finish gateway-lite/r-kernel 'ENV KERNEL_LANGUAGE=r'
+image_rootfs r-kernel-base bookworm minbase 1 : r-cran-irkernel r-base-core
+image_finish r-kernel 'ENV KERNEL_LANGUAGE=r'

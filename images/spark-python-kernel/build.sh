@@ -28,10 +28,8 @@ source "$lib/image.sh"
 source "$lib/spark.sh"
 
 image_init spark-python-kernel "$@"
-spark_rootfs
-image_layer "$IMAGE_BASE" gateway-lite/spark-python-kernel-base \
-    "spark-kernel $(sha256sum "$lib/spark-kernel" | cut -c1-16)" spark_kernel_layer
-image_finish gateway-lite/spark-python-kernel \
+spark_base
+image_finish spark-python-kernel \
     'ENV KERNEL_LANGUAGE=python' \
     'ENV KERNEL_LAUNCHER_INTERPRETER=/usr/local/bin/spark-python' \
     'ENV KERNEL_SPARK_CONTEXT_INIT_MODE=lazy' \

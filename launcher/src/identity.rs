@@ -7,8 +7,8 @@
 //! so the kernel it starts afterwards) to that uid, `KERNEL_GID` (default 100,
 //! EG's `users`) and the supplementary groups `[gid, 100]`, all numerically:
 //! no passwd or group look-ups, so any uid works in an image that does not
-//! know it. Root kernels are refused outright (EG's `KERNEL_UID` blacklist
-//! defaults to 0 too). Run as another non-root uid, the launcher cannot switch
+//! know it. Root kernels are refused outright, and so is the root group (EG's
+//! uid and gid blacklists default to 0 too). Run as another non-root uid, the launcher cannot switch
 //! and says so, but keeps going: that is the `--user` case, and the kernel
 //! still runs unprivileged.
 //!
@@ -46,13 +46,18 @@ pub enum IdentityError {
         "env KERNEL_UID=0: kernels are never run as root; give the kernel user's uid (EG's default is 1000), or leave KERNEL_UID unset"
     )]
     Root,
+    /// `KERNEL_GID=0` (EG's `gid_blacklist` refuses it by default too).
+    #[error(
+        "env KERNEL_GID=0: kernels are never run in the root group; give the kernel user's gid (EG's default is 100), or leave KERNEL_GID unset"
+    )]
+    RootGroup,
 }
 
 impl IdentityError {
     /// The launcher's exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            IdentityError::Root => EXIT_NOPERM,
+            IdentityError::Root | IdentityError::RootGroup => EXIT_NOPERM,
             IdentityError::NotNumeric { .. } => crate::config::EXIT_USAGE,
         }
     }
@@ -92,6 +97,9 @@ impl Identity {
             Some(g) => number("KERNEL_GID", g)?,
             None => DEFAULT_GID,
         };
+        if gid == 0 {
+            return Err(IdentityError::RootGroup);
+        }
         Ok(Some(Identity { uid, gid }))
     }
 
@@ -219,6 +227,10 @@ mod tests {
         assert_eq!(e, IdentityError::Root);
         assert_eq!(e.exit_code(), EXIT_NOPERM);
         assert!(e.to_string().contains("never run as root"));
+        let e = Identity::from_env(Some("1000"), Some("0")).unwrap_err();
+        assert_eq!(e, IdentityError::RootGroup);
+        assert_eq!(e.exit_code(), EXIT_NOPERM);
+        assert!(e.to_string().contains("KERNEL_GID=0"));
     }
 
     #[test]

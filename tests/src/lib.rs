@@ -3,6 +3,8 @@
 //! stand-in response listener. A missing peer is a test failure with the
 //! command that prepares it, never a silent skip.
 
+pub mod kernel_image;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;

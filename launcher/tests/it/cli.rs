@@ -101,7 +101,7 @@ fn invalid_response_address() {
 
 #[test]
 fn unknown_language_without_argv() {
-    let e = usage_error(&["--kernel-id", "k", "--language", "scala"]);
+    let e = usage_error(&["--kernel-id", "k", "--language", "julia"]);
     assert!(e.contains("after `--`"), "{e}");
 }
 

@@ -58,3 +58,51 @@ fn pid1_reaps_orphans_forwards_sigterm_and_propagates_the_exit_code() {
     assert_eq!(wait_code(&mut unshare), 3, "{}", log_of(&dir));
     assert!(dir.join("term").exists(), "the kernel did not get SIGTERM");
 }
+
+/// As PID 1 started as root (a container without `--user`), the launcher drops to KERNEL_UID
+/// before the kernel starts and, as that uid, still reaps orphans and forwards SIGTERM.
+#[test]
+fn pid1_switches_to_kernel_uid_and_still_reaps_and_forwards() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the PID 1 tests use unshare and need root (CI runs them as root)"
+    );
+    let dir = scratch("pid1-uid");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let d = dir.display();
+    let kernel = format!(
+        "id -u > {d}/uid; awk '/^Uid:/ {{print $2}}' /proc/1/status > {d}/pid1.uid; \
+         sh -c 'sleep 0.3 & echo $! > {d}/orphan.pid'; sleep 1.5; \
+         o=$(cat {d}/orphan.pid); if [ -e /proc/$o ]; then echo zombie > {d}/orphan.state; else echo reaped > {d}/orphan.state; fi; \
+         trap 'echo TERM > {d}/term; exit 5' TERM; while :; do sleep 0.05; done"
+    );
+    let log = std::fs::File::create(dir.join("launcher.log")).unwrap();
+    let mut unshare = Command::new("unshare")
+        .args(["-fp", "--mount-proc", env!("CARGO_BIN_EXE_kernel-launcher")])
+        .args(["--kernel-id", "k-pid1-uid", "--", "sh", "-c", &kernel])
+        .env("KERNEL_UID", "4242")
+        .env("KERNEL_GID", "100")
+        .env("TMPDIR", &dir)
+        .env_remove("KERNEL_ID")
+        .env_remove("RESPONSE_ADDRESS")
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    eventually("the orphan check ran", || dir.join("orphan.state").exists());
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("uid"), "4242");
+    assert_eq!(read("pid1.uid"), "4242", "PID 1 kept root");
+    assert_eq!(read("orphan.state"), "reaped");
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let launcher: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    send_signal(launcher, Signal::SIGTERM);
+    assert_eq!(wait_code(&mut unshare), 5, "{}", log_of(&dir));
+    assert!(dir.join("term").exists(), "the kernel did not get SIGTERM");
+}

@@ -7,30 +7,7 @@
 //! KL_SPARK_KERNEL_IMAGE and KL_SCALA_KERNEL_IMAGE (scripts/test.sh builds and exports them); a
 //! missing one fails the test with the command that builds it.
 
-use std::net::TcpListener;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-use e2e::{accept_payload, open_payload, required_path};
-use protocol::payload::{LaunchReport, PrivateKey};
-
-/// A generous guard for a container to exit (a JVM's shutdown included).
-const EXIT_PATIENCE: Duration = Duration::from_secs(120);
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker ({e}): these tests need Docker Engine"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use e2e::kernel_image::{KernelRun, docker};
 
 /// The image named by `var`; a missing variable is a failure, not a skip.
 fn image(var: &str, script: &str) -> String {
@@ -42,205 +19,14 @@ fn image(var: &str, script: &str) -> String {
     }
 }
 
-/// One kernel container on a network of its own, and a response listener on the host's address
-/// on that network; both container and network (one unique name) are removed when the test
-/// ends, passed or failed.
-struct Run {
-    name: String,
-    key: PrivateKey,
-    listener: TcpListener,
-    address: String,
-}
-
-impl Run {
-    fn new() -> Run {
-        let out = docker(&["info", "--format", "{{.ServerVersion}}"]);
-        assert!(
-            out.status.success(),
-            "the Docker daemon is not usable: {}",
-            text(&out)
-        );
-        let tag = rand_u64();
-        let name = format!("kl-e2e-img-{tag:016x}");
-        // A network of its own, on a free /24 of 10.0.0.0/8 picked at random (Docker refuses
-        // overlapping pools), so the host's address on it is known: the response address.
-        let mut last = String::new();
-        for attempt in 0..40u64 {
-            let n = tag.wrapping_add(attempt * 7919);
-            let (b, c) = (100 + n % 150, (n / 150) % 256);
-            let host = format!("10.{b}.{c}.1");
-            let out = docker(&[
-                "network",
-                "create",
-                "--driver",
-                "bridge",
-                "--subnet",
-                &format!("10.{b}.{c}.0/24"),
-                "--gateway",
-                &host,
-                &name,
-            ]);
-            if out.status.success() {
-                let listener = TcpListener::bind((host.as_str(), 0)).unwrap();
-                let address = format!("{host}:{}", listener.local_addr().unwrap().port());
-                return Run {
-                    name,
-                    key: PrivateKey::generate(1024).unwrap(),
-                    listener,
-                    address,
-                };
-            }
-            last = text(&out);
-        }
-        panic!("cannot create a docker network: {last}");
-    }
-
-    /// `docker run -d` with EG's environment; `user` is `--user`, `env` extra variables.
-    fn start(&self, image: &str, user: &str, env: &[(&str, &str)]) {
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &self.name,
-            "--network",
-            &self.name,
-            "--user",
-            user,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let public_key = self.key.public_key().to_eg_string();
-        let mut all = vec![
-            ("KERNEL_ID", self.name.as_str()),
-            ("RESPONSE_ADDRESS", self.address.as_str()),
-            ("PUBLIC_KEY", public_key.as_str()),
-            ("PORT_RANGE", "0..0"),
-            ("KERNEL_USERNAME", "e2e"),
-        ];
-        all.extend_from_slice(env);
-        for (k, v) in all {
-            args.push("-e".into());
-            args.push(format!("{k}={v}"));
-        }
-        args.push(image.into());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = docker(&args);
-        assert!(out.status.success(), "docker run failed: {}", text(&out));
-    }
-
-    fn payload(&self) -> LaunchReport {
-        open_payload(&self.key, &accept_payload(&self.listener))
-    }
-
-    fn logs(&self) -> String {
-        text(&docker(&["logs", &self.name]))
-    }
-
-    /// Waits for the container to exit; its exit code.
-    fn exit_code(&self) -> i64 {
-        let deadline = Instant::now() + EXIT_PATIENCE;
-        loop {
-            let out = docker(&[
-                "inspect",
-                "--format",
-                "{{.State.Running}} {{.State.ExitCode}}",
-                &self.name,
-            ]);
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if let Some(code) = state.strip_prefix("false ") {
-                return code.parse().unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {} still running after {EXIT_PATIENCE:?} ({state}):\n{}",
-                self.name,
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Runs `code` in the kernel the payload describes, then shuts it down over ZMQ; returns
-    /// the cell's text output.
-    fn execute_and_shut_down(&self, report: &LaunchReport, code: &str) -> String {
-        let python = required_path(
-            "KL_PY_KERNEL",
-            "run scripts/setup-env.sh and source ~/.cache/kernel-launcher/env.sh",
-        );
-        let dir = std::env::temp_dir().join(&self.name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let conn = dir.join("conn.json");
-        std::fs::write(&conn, report.connection.to_json_pretty()).unwrap();
-        let out = Command::new(python)
-            .args(["-c", CLIENT])
-            .arg(&conn)
-            .arg(code)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            out.status.success(),
-            "the client failed: {}\ncontainer log:\n{}",
-            text(&out),
-            self.logs()
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.name]);
-        let _ = docker(&["network", "rm", &self.name]);
-    }
-}
-
-/// jupyter_client: connect, wait for the kernel, execute argv[2], print its text output,
-/// shut the kernel down (a shutdown_request, as a gateway sends).
-const CLIENT: &str = r#"
-import sys, time
-from jupyter_client import BlockingKernelClient
-c = BlockingKernelClient()
-c.load_connection_file(sys.argv[1])
-c.start_channels(hb=False)
-c.wait_for_ready(timeout=300)
-msg_id = c.execute(sys.argv[2])
-out, deadline = [], time.time() + 600
-while True:
-    m = c.get_iopub_msg(timeout=max(1, deadline - time.time()))
-    if m["parent_header"].get("msg_id") != msg_id:
-        continue
-    t, x = m["msg_type"], m["content"]
-    if t in ("execute_result", "display_data"):
-        out.append(x["data"].get("text/plain", ""))
-    elif t == "stream":
-        out.append(x["text"])
-    elif t == "error":
-        sys.exit("cell failed: %s: %s" % (x["ename"], x["evalue"]))
-    elif t == "status" and x["execution_state"] == "idle":
-        break
-print("".join(out))
-c.shutdown()
-"#;
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .unwrap();
-    u64::from_le_bytes(b)
-}
-
-/// EG's way: environment only, `--user KERNEL_UID:KERNEL_GID`; one cell; shutdown; exit 0.
-fn cell_in(image: &str, code: &str, extra_env: &[(&str, &str)]) -> String {
-    let run = Run::new();
-    let mut env = vec![("KERNEL_UID", "1000"), ("KERNEL_GID", "100")];
-    env.extend_from_slice(extra_env);
-    run.start(image, "1000:100", &env);
+/// EG's way ([`KernelRun::start_like_eg`]: environment only, `--user KERNEL_UID`); the cells;
+/// shutdown; exit 0; no container left.
+fn cells_in(image: &str, cells: &[&str], env: &[(&str, &str)]) -> String {
+    let run = KernelRun::create();
+    run.start_like_eg(image, env);
     let report = run.payload();
     assert_eq!(report.kernel_id, run.name);
-    let output = run.execute_and_shut_down(&report, code);
+    let output = run.execute_and_shut_down(&report, cells);
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
     let name = run.name.clone();
     drop(run);
@@ -255,9 +41,9 @@ fn cell_in(image: &str, code: &str, extra_env: &[(&str, &str)]) -> String {
 #[test]
 fn python_kernel_image_runs_a_cell() {
     let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
-    let out = cell_in(
+    let out = cells_in(
         &image,
-        "import os; print('py', os.getuid(), os.getgid())",
+        &["import os; print('py', os.getuid(), os.getgid())"],
         &[],
     );
     assert_eq!(out, "py 1000 100");
@@ -266,28 +52,82 @@ fn python_kernel_image_runs_a_cell() {
 #[test]
 fn r_kernel_image_runs_a_cell() {
     let image = image("KL_R_KERNEL_IMAGE", "images/r-kernel/build.sh");
-    assert_eq!(cell_in(&image, "cat(1+1)", &[]), "2");
+    assert_eq!(cells_in(&image, &["cat(1+1)"], &[]), "2");
 }
 
+/// The launcher is PID 1, the driver JVM its child, and the kernel's `spark` (lazy, the
+/// image's default) is attached to that JVM with the default master; a gateway's interrupt
+/// cancels the running Spark job without killing the driver.
 #[test]
 fn spark_python_kernel_image_counts_with_spark() {
     let image = image(
         "KL_SPARK_KERNEL_IMAGE",
         "images/spark-python-kernel/build.sh",
     );
-    let out = cell_in(
+    let out = cells_in(
         &image,
-        "print(spark.range(10).count(), spark.sparkContext.master)",
-        &[],
+        &[
+            "print(spark.range(10).count(), spark.sparkContext.master)",
+            "INTERRUPT:sc.parallelize(range(2), 2).map(lambda x: __import__('time').sleep(300)).count()",
+            "print(spark.range(5).count())",
+            "import os; print(open('/proc/1/comm').read().strip(), open('/proc/%d/comm' % os.getppid()).read().strip())",
+        ],
+        // The gateway host's Spark and Java, as EG's launch_docker.py passes them on.
+        &[
+            ("SPARK_HOME", "/opt/spark"),
+            ("JAVA_HOME", "/usr/lib/jvm/java-8"),
+        ],
     );
-    assert_eq!(out, "10 local[*]");
+    // The interrupt cancels the Spark job (Py4JJavaError: the job was cancelled), the driver
+    // survives it, and the next job runs.
+    assert_eq!(out, "10 local[*]\nPy4JJavaError\n5\nkernel-launcher java");
+}
+
+/// KERNEL_SPARK_CONTEXT_INIT_MODE=none defines no `spark`, yet a session the user builds
+/// attaches to the driver JVM, whose master came from SPARK_MASTER.
+#[test]
+fn spark_python_kernel_image_honours_mode_none_and_spark_master() {
+    let image = image(
+        "KL_SPARK_KERNEL_IMAGE",
+        "images/spark-python-kernel/build.sh",
+    );
+    let out = cells_in(
+        &image,
+        &[
+            "from pyspark.sql import SparkSession; print('spark' in globals(), SparkSession.builder.getOrCreate().sparkContext.master)",
+        ],
+        &[
+            ("KERNEL_SPARK_CONTEXT_INIT_MODE", "none"),
+            ("SPARK_MASTER", "local[2]"),
+        ],
+    );
+    assert_eq!(out, "False local[2]");
 }
 
 #[test]
-fn scala_kernel_image_adds_in_scala() {
+fn scala_kernel_image_adds_in_scala_and_counts_with_spark() {
     let image = image("KL_SCALA_KERNEL_IMAGE", "images/scala-kernel/build.sh");
-    let out = cell_in(&image, "1 + 1", &[]);
-    assert!(out == "2" || out.ends_with("= 2"), "Toree answered {out:?}");
+    let out = cells_in(
+        &image,
+        &[
+            "1 + 1",
+            "INTERRUPT:Thread.sleep(300000)",
+            "spark.range(10).count()",
+        ],
+        &[],
+    );
+    // After an interrupt Toree's REPL also prints its `lastException = null` binding into
+    // the next cell's output; the count is that cell's last line.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        (lines.first(), lines.get(1), lines.last()),
+        (
+            Some(&"2"),
+            Some(&"java.lang.InterruptedException"),
+            Some(&"10")
+        ),
+        "Toree answered {out:?}"
+    );
 }
 
 /// A uid the image does not know (no passwd entry, HOME not its own) still gets a kernel,
@@ -295,23 +135,38 @@ fn scala_kernel_image_adds_in_scala() {
 #[test]
 fn python_kernel_image_runs_as_an_unknown_uid() {
     let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
-    let run = Run::new();
+    let run = KernelRun::create();
     run.start(&image, "4242:100", &[]);
     let report = run.payload();
     let out = run.execute_and_shut_down(
         &report,
-        "import os; h = os.environ['HOME']; print(os.getuid(), h != '/home/jovyan', os.access(h, os.W_OK))",
+        &["import os; h = os.environ['HOME']; print(os.getuid(), h != '/home/jovyan', os.access(h, os.W_OK))"],
     );
     assert_eq!(out, "4242 True True", "{}", run.logs());
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
     assert!(run.logs().contains("private HOME"), "{}", run.logs());
 }
 
+/// IRkernel as a uid without a passwd entry: R's own start-up needs a writable HOME too.
+#[test]
+fn r_kernel_image_runs_as_an_unknown_uid() {
+    let image = image("KL_R_KERNEL_IMAGE", "images/r-kernel/build.sh");
+    let run = KernelRun::create();
+    run.start(&image, "4242:100", &[]);
+    let report = run.payload();
+    let out = run.execute_and_shut_down(
+        &report,
+        &["cat(system('id -u', intern = TRUE), file.access(Sys.getenv('HOME'), 2) == 0)"],
+    );
+    assert_eq!(out, "4242 TRUE", "{}", run.logs());
+    assert_eq!(run.exit_code(), 0, "{}", run.logs());
+}
+
 /// Started as root, the launcher switches to KERNEL_UID / KERNEL_GID before the kernel runs.
 #[test]
 fn python_kernel_image_started_as_root_switches_to_kernel_uid() {
     let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
-    let run = Run::new();
+    let run = KernelRun::create();
     run.start(
         &image,
         "0:0",
@@ -320,17 +175,36 @@ fn python_kernel_image_started_as_root_switches_to_kernel_uid() {
     let report = run.payload();
     let out = run.execute_and_shut_down(
         &report,
-        "import os; print(os.getuid(), os.geteuid(), os.getgid(), sorted(os.getgroups()))",
+        &["import os; print(os.getuid(), os.geteuid(), os.getgid(), sorted(os.getgroups()))"],
     );
     assert_eq!(out, "4242 4242 4343 [100, 4343]", "{}", run.logs());
     assert_eq!(run.exit_code(), 0, "{}", run.logs());
+}
+
+/// Deployments written for EG's images name /usr/local/bin/bootstrap-kernel.sh, as the
+/// entrypoint or as the command: both start the kernel.
+#[test]
+fn bootstrap_kernel_sh_as_entrypoint_or_command_starts_the_kernel() {
+    let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
+    let script = "/usr/local/bin/bootstrap-kernel.sh";
+    for (docker_args, command) in [
+        (vec!["--user", "1000", "--entrypoint", script], vec![]),
+        (vec!["--user", "1000"], vec![script]),
+    ] {
+        let run = KernelRun::create();
+        run.start_with(&image, &docker_args, &[], &command);
+        let report = run.payload();
+        let out = run.execute_and_shut_down(&report, &["print(6 * 7)"]);
+        assert_eq!(out, "42", "{docker_args:?} {command:?}: {}", run.logs());
+        assert_eq!(run.exit_code(), 0, "{}", run.logs());
+    }
 }
 
 /// KERNEL_UID=0 is refused with exit code 77 and a message saying why; no payload is sent.
 #[test]
 fn kernel_uid_0_is_refused() {
     let image = image("KL_KERNEL_IMAGE", "images/python-kernel/build.sh");
-    let run = Run::new();
+    let run = KernelRun::create();
     run.start(&image, "0:0", &[("KERNEL_UID", "0"), ("KERNEL_GID", "0")]);
     assert_eq!(run.exit_code(), 77, "{}", run.logs());
     assert!(run.logs().contains("never run as root"), "{}", run.logs());
