@@ -35,10 +35,10 @@ class KernelImage:
     # kernel just ends the cell (IRkernel)
     interrupted: str | None = None
     # Spark images: the kernelspec passes --RemoteProcessProxy.spark-context-initialization-mode
-    # lazy, as EG's spark_* kernelspecs do. It has to: launch_docker.py and launch_kubernetes.py
-    # always put KERNEL_SPARK_CONTEXT_INIT_MODE in the container's environment (their argparse
-    # default is "none"), which overrides the image's own default.
-    spark: bool = False
+    # MODE, as EG's spark_* kernelspecs do (lazy for Python, eager for Scala). It has to:
+    # launch_docker.py and launch_kubernetes.py always put KERNEL_SPARK_CONTEXT_INIT_MODE in the
+    # container's environment (their argparse default is "none"), which overrides the image's.
+    spark_mode: str | None = None
 
 
 KNOWN_IMAGES = {
@@ -53,11 +53,11 @@ KNOWN_IMAGES = {
     "r-kernel": KernelImage(
         "r-kernel", "r", "6*7", "42", "cat('begin\\n'); flush(stdout()); Sys.sleep(600)"
     ),
-    # The Spark images' cell runs a Spark job, so it proves the (lazy) SparkContext exists and
-    # it waits for the context's start-up: an interrupt sent to Toree 0.5.0 (Java 17) while its
-    # lazy SparkContext is still starting is lost (its "SIGINT handler" thread dies with an
-    # ExceptionInInitializerError, a null context class loader), and the sleeping cell then runs
-    # to its end. After start-up, interrupts work.
+    # The Spark images' cell runs a Spark job, so it proves the SparkContext exists and it waits
+    # for the context's start-up. Scala is eager, as in EG's own spark_scala kernelspecs and the
+    # image's default: an interrupt sent to Toree 0.5.0 (Java 17) while a lazy SparkContext is
+    # still starting is lost (its "SIGINT handler" thread dies with an
+    # ExceptionInInitializerError, a null context class loader) and the cell runs on.
     "spark-python-kernel": KernelImage(
         "spark-python-kernel",
         "python",
@@ -65,7 +65,7 @@ KNOWN_IMAGES = {
         "42",
         "print('begin', flush=True)\nimport time\ntime.sleep(600)",
         "KeyboardInterrupt",
-        spark=True,
+        spark_mode="lazy",
     ),
     "scala-kernel": KernelImage(
         "scala-kernel",
@@ -73,7 +73,7 @@ KNOWN_IMAGES = {
         "sc.parallelize(Seq(6)).map(_ * 7).first",
         "42",
         'println("begin"); Thread.sleep(600000)',
-        spark=True,
+        spark_mode="eager",
     ),
 }
 
@@ -205,7 +205,7 @@ def write_container_kernelspecs(root: Path, python: str, eg_sdist: Path, proxy_c
                 "{response_address}",
                 "--RemoteProcessProxy.public-key",
                 "{public_key}",
-                *(["--RemoteProcessProxy.spark-context-initialization-mode", "lazy"] if img.spark else []),
+                *(["--RemoteProcessProxy.spark-context-initialization-mode", img.spark_mode] if img.spark_mode else []),
             ],
         }
         (d / "kernel.json").write_text(json.dumps(spec, indent=2))
