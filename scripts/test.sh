@@ -14,10 +14,11 @@
 #      kernel image run as EG's Docker launcher runs it)
 #   6. a short fuzz smoke run (scripts/fuzz-smoke.sh, which installs cargo-fuzz when missing)
 #   7. the pytest suites: real EG 3.3.0, gateway_provisioners 0.5.0, IRkernel and Spark 3.5 / 4.3
-#      (tests/eg, tests/spark, in venv-eg; tests/eg also runs our kernel images through EG's
-#      Docker and Swarm process proxies, creating a single-node swarm if none is active and
-#      leaving it afterwards, and through EG's Kubernetes pod template); then gateway-lite is built and Jupyter Server 2,
-#      JupyterLab 4 (headless chromium) and EG's own itests run against it (tests/gateway, in venv-lab)
+#      (tests/eg, tests/spark, in venv-eg; tests/eg also runs the four kernel images through
+#      EG's Docker and Swarm process proxies, creating a single-node swarm if none is active and
+#      leaving it afterwards, and through EG's Kubernetes pod template); then gateway-lite is
+#      built and Jupyter Server 2, JupyterLab 4 (headless chromium) and EG's own itests run
+#      against it (tests/gateway, in venv-lab)
 # Not installed here: a Rust toolchain with cargo-nextest, Java 17 (for pyspark) and a usable
 # Docker Engine.
 #   scripts/test.sh              everything

@@ -15,6 +15,9 @@ KERNEL_UID=0 / KERNEL_GID=0 / a non-numeric uid, with nothing started.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from support import eg_containers as ec
@@ -66,9 +69,6 @@ def images():
 @pytest.fixture(scope="module")
 def eg_docker(paths, images, docker_client, tmp_path_factory):
     """EG 3.3.0 on 127.0.0.1 with one DockerProcessProxy kernelspec per image."""
-    import subprocess
-    from pathlib import Path
-
     sd = tmp_path_factory.mktemp("eg-docker")
     jp = ec.write_container_kernelspecs(sd / "specs", paths.py_eg, paths.eg_sdist, ec.DOCKER_PROXY, images)
     port = free_port()

@@ -103,7 +103,7 @@ def render_pod(paths, tmp: Path, image_name: str, image_ref: str, kid: str, resp
         response_address,
         "--RemoteProcessProxy.public-key",
         public_key,
-        *(["--RemoteProcessProxy.spark-context-initialization-mode", "lazy"] if img.spark else []),
+        *(["--RemoteProcessProxy.spark-context-initialization-mode", img.spark_mode] if img.spark_mode else []),
         "--pod-template",
         str(pod_file),
     ]
@@ -207,7 +207,7 @@ def test_k8s_pod_template_under_docker(paths, docker_client, image, tmp_path):
         assert env["KERNEL_ID"] == kid and env["RESPONSE_ADDRESS"] == hello["response_address"], env
         assert env["PUBLIC_KEY"] == hello["public_key"] and env["PORT_RANGE"] == "0..0", env
         assert env["KERNEL_LANGUAGE"] == img.language and env["KERNEL_NAME"] == f"{ec.spec_name(image)}_kubernetes"
-        assert env["KERNEL_SPARK_CONTEXT_INIT_MODE"] == ("lazy" if img.spark else "none"), env
+        assert env["KERNEL_SPARK_CONTEXT_INIT_MODE"] == (img.spark_mode or "none"), env
         assert kw["labels"]["kernel_id"] == kid and kw["labels"]["component"] == "kernel", kw["labels"]
 
         container = docker_client.containers.run(**kw)

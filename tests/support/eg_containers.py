@@ -9,7 +9,6 @@ removed; everything else on the Docker host belongs to someone else."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -36,10 +35,10 @@ class KernelImage:
     # kernel just ends the cell (IRkernel)
     interrupted: str | None = None
     # Spark images: the kernelspec passes --RemoteProcessProxy.spark-context-initialization-mode
-    # lazy, as EG's spark_* kernelspecs do. It has to: launch_docker.py and launch_kubernetes.py
-    # always put KERNEL_SPARK_CONTEXT_INIT_MODE in the container's environment (their argparse
-    # default is "none"), which overrides the image's own default.
-    spark: bool = False
+    # MODE, as EG's spark_* kernelspecs do (lazy for Python, eager for Scala). It has to:
+    # launch_docker.py and launch_kubernetes.py always put KERNEL_SPARK_CONTEXT_INIT_MODE in the
+    # container's environment (their argparse default is "none"), which overrides the image's.
+    spark_mode: str | None = None
 
 
 KNOWN_IMAGES = {
@@ -54,17 +53,27 @@ KNOWN_IMAGES = {
     "r-kernel": KernelImage(
         "r-kernel", "r", "6*7", "42", "cat('begin\\n'); flush(stdout()); Sys.sleep(600)"
     ),
+    # The Spark images' cell runs a Spark job, so it proves the SparkContext exists and it waits
+    # for the context's start-up. Scala is eager, as in EG's own spark_scala kernelspecs and the
+    # image's default: an interrupt sent to Toree 0.5.0 (Java 17) while a lazy SparkContext is
+    # still starting is lost (its "SIGINT handler" thread dies with an
+    # ExceptionInInitializerError, a null context class loader) and the cell runs on.
     "spark-python-kernel": KernelImage(
         "spark-python-kernel",
         "python",
-        "6*7",
+        "sc.parallelize([6]).map(lambda x: x * 7).first()",
         "42",
         "print('begin', flush=True)\nimport time\ntime.sleep(600)",
         "KeyboardInterrupt",
-        spark=True,
+        spark_mode="lazy",
     ),
     "scala-kernel": KernelImage(
-        "scala-kernel", "scala", "6*7", "42", 'println("begin"); Thread.sleep(600000)', spark=True
+        "scala-kernel",
+        "scala",
+        "sc.parallelize(Seq(6)).map(_ * 7).first",
+        "42",
+        'println("begin"); Thread.sleep(600000)',
+        spark_mode="eager",
     ),
 }
 
@@ -196,7 +205,7 @@ def write_container_kernelspecs(root: Path, python: str, eg_sdist: Path, proxy_c
                 "{response_address}",
                 "--RemoteProcessProxy.public-key",
                 "{public_key}",
-                *(["--RemoteProcessProxy.spark-context-initialization-mode", "lazy"] if img.spark else []),
+                *(["--RemoteProcessProxy.spark-context-initialization-mode", img.spark_mode] if img.spark_mode else []),
             ],
         }
         (d / "kernel.json").write_text(json.dumps(spec, indent=2))
@@ -302,15 +311,6 @@ def venv_root(python: str) -> str:
     return str(Path(python).parent.parent)
 
 
-def env_file_lines(env: dict) -> str:
-    return "".join(f"{k}={v}\n" for k, v in env.items())
-
-
-def docker_env() -> dict:
-    """Environment for docker CLI calls from the tests."""
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG")}
-
-
 # ----------------------------------------------------------------------------- scenarios
 
 
@@ -351,7 +351,7 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             ri = rest.interrupt(kid)
             assert ri.status_code == 204, f"interrupt: HTTP {ri.status_code}: {ri.text[:1000]}"
             # The cell ends (its reply arrives) long before its 600 s sleep would.
-            res = ch.collect(mid, timeout=EXEC_TIMEOUT)
+            res = wait_reply(ch, mid, EXEC_TIMEOUT, until_text=img.interrupted)
             assert res.status is not None, f"interrupted cell got no reply: {res}"
             if img.interrupted:
                 assert img.interrupted in (res.ename or "") + res.text, f"interrupted cell: {res}"
@@ -372,6 +372,32 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             except Exception:
                 pass
         remove_kernel_resources(client, kid)
+
+
+def wait_reply(ch, mid: str, timeout: float, until_text: str | None = None):
+    """Collect request `mid`'s output until its execute_reply has arrived (and, with until_text,
+    that text too). Unlike KernelChannels.collect this does not wait for the iopub idle status:
+    Toree sends no idle status for a cell it interrupted."""
+    from support.kernels import ExecResult
+
+    res = ExecResult()
+    deadline = time.monotonic() + timeout
+    while res.status is None or (until_text and until_text not in (res.ename or "") + res.text):
+        m = ch.recv(deadline)
+        if m is None:
+            raise TimeoutError(f"execute {mid}: no reply{' and ' + until_text if until_text else ''} within {timeout}s: {res}")
+        if m.get("parent_header", {}).get("msg_id") != mid:
+            continue
+        mt, c = m.get("msg_type"), m.get("content", {})
+        if mt == "stream":
+            res.text += c.get("text", "")
+        elif mt == "error":
+            res.ename, res.evalue = c.get("ename"), c.get("evalue")
+            res.text += "\n".join(c.get("traceback", []))
+        elif mt == "execute_reply":
+            res.status = c.get("status")
+        res.outputs.append(m)
+    return res
 
 
 def check_prohibited_uid(rest, client: docker.DockerClient, spec: str) -> None:
