@@ -1,0 +1,211 @@
+//! One cell's outputs, built from the kernel's iopub messages as Jupyter clients build them,
+//! in nbformat 4 shape.
+//!
+//! - `stream`: appended to the previous output when that is a stream of the same name
+//!   (JupyterLab merges them the same way before it saves; nbclient, and so papermill, keeps
+//!   one output per message: same text, fewer entries here).
+//! - `display_data` / `execute_result`: `data` and `metadata` kept verbatim (images stay
+//!   base64 strings); `transient` is dropped, as nbformat has no place for it; a
+//!   `display_id` is remembered, so `update_display_data` replaces those outputs in place.
+//!   Updates reach displays of the running cell only.
+//! - `error`: `ename`, `evalue`, `traceback`.
+//! - `clear_output`: clears now, or, with `wait`, just before the next output.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+/// The outputs of the running cell.
+#[derive(Debug, Default)]
+pub struct CellOutputs {
+    outputs: Vec<Value>,
+    clear_before_next: bool,
+    displays: HashMap<String, Vec<usize>>,
+    /// The first error output's (ename, evalue, traceback).
+    error: Option<(String, String, Vec<String>)>,
+}
+
+impl CellOutputs {
+    /// Takes one iopub message of the cell.
+    pub fn handle(&mut self, msg_type: &str, content: &Value) {
+        let display_id = content
+            .get("transient")
+            .and_then(|t| t.get("display_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match msg_type {
+            "clear_output" => {
+                if content.get("wait").and_then(Value::as_bool) == Some(true) {
+                    self.clear_before_next = true;
+                } else {
+                    self.clear();
+                }
+            }
+            "update_display_data" => {
+                let Some(id) = display_id else { return };
+                let indices = self.displays.get(&id).cloned().unwrap_or_default();
+                for i in indices {
+                    if let Some(out) = self.outputs.get_mut(i) {
+                        out["data"] = content.get("data").cloned().unwrap_or_else(|| json!({}));
+                        out["metadata"] = content
+                            .get("metadata")
+                            .cloned()
+                            .unwrap_or_else(|| json!({}));
+                    }
+                }
+            }
+            "stream" => {
+                let name = content
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stdout");
+                let text = content.get("text").and_then(Value::as_str).unwrap_or("");
+                self.before_output();
+                if let Some(last) = self.outputs.last_mut() {
+                    if last["output_type"] == "stream" && last["name"] == name {
+                        let merged = format!("{}{text}", last["text"].as_str().unwrap_or(""));
+                        last["text"] = Value::String(merged);
+                        return;
+                    }
+                }
+                self.outputs
+                    .push(json!({"output_type": "stream", "name": name, "text": text}));
+            }
+            "display_data" | "execute_result" => {
+                self.before_output();
+                let mut out = Map::new();
+                out.insert("output_type".into(), json!(msg_type));
+                out.insert(
+                    "data".into(),
+                    content.get("data").cloned().unwrap_or_else(|| json!({})),
+                );
+                out.insert(
+                    "metadata".into(),
+                    content
+                        .get("metadata")
+                        .cloned()
+                        .unwrap_or_else(|| json!({})),
+                );
+                if msg_type == "execute_result" {
+                    out.insert(
+                        "execution_count".into(),
+                        content
+                            .get("execution_count")
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                    );
+                }
+                if let Some(id) = display_id {
+                    self.displays
+                        .entry(id)
+                        .or_default()
+                        .push(self.outputs.len());
+                }
+                self.outputs.push(Value::Object(out));
+            }
+            "error" => {
+                self.before_output();
+                let ename = content
+                    .get("ename")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let evalue = content
+                    .get("evalue")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let traceback: Vec<String> = content
+                    .get("traceback")
+                    .and_then(Value::as_array)
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|l| l.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.outputs.push(json!({
+                    "output_type": "error",
+                    "ename": ename,
+                    "evalue": evalue,
+                    "traceback": traceback,
+                }));
+                self.error.get_or_insert((ename, evalue, traceback));
+            }
+            _ => {}
+        }
+    }
+
+    fn before_output(&mut self) {
+        if self.clear_before_next {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.outputs.clear();
+        self.displays.clear();
+        self.clear_before_next = false;
+    }
+
+    /// The first error raised in the cell, if any: (ename, evalue, traceback).
+    pub fn error(&self) -> Option<&(String, String, Vec<String>)> {
+        self.error.as_ref()
+    }
+
+    /// The outputs so far.
+    pub fn to_value(&self) -> Value {
+        Value::Array(self.outputs.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_merge_per_name_and_clear_output_waits() {
+        let mut o = CellOutputs::default();
+        o.handle("stream", &json!({"name": "stdout", "text": "a\n"}));
+        o.handle("stream", &json!({"name": "stdout", "text": "b\n"}));
+        o.handle("stream", &json!({"name": "stderr", "text": "e\n"}));
+        o.handle("stream", &json!({"name": "stdout", "text": "c\n"}));
+        let v = o.to_value();
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        assert_eq!(v[0]["text"], "a\nb\n");
+        o.handle("clear_output", &json!({"wait": true}));
+        assert_eq!(o.to_value().as_array().unwrap().len(), 3);
+        o.handle(
+            "display_data",
+            &json!({"data": {"text/plain": "x"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
+        assert_eq!(
+            o.to_value(),
+            json!([{"output_type": "display_data", "data": {"text/plain": "x"}, "metadata": {}}])
+        );
+        o.handle(
+            "update_display_data",
+            &json!({"data": {"text/plain": "y"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
+        assert_eq!(o.to_value()[0]["data"]["text/plain"], "y");
+        o.handle("clear_output", &json!({"wait": false}));
+        assert_eq!(o.to_value(), json!([]));
+    }
+
+    #[test]
+    fn results_and_errors_keep_their_fields() {
+        let mut o = CellOutputs::default();
+        o.handle(
+            "execute_result",
+            &json!({"execution_count": 3, "data": {"text/plain": "4"}, "metadata": {}}),
+        );
+        o.handle(
+            "error",
+            &json!({"ename": "ValueError", "evalue": "bad", "traceback": ["t1", "t2"]}),
+        );
+        let v = o.to_value();
+        assert_eq!(v[0]["execution_count"], 3);
+        assert_eq!(v[1]["traceback"], json!(["t1", "t2"]));
+        assert_eq!(o.error().unwrap().0, "ValueError");
+    }
+}
