@@ -225,7 +225,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 async fn interrupt(ctx: &mut CellContext<'_>) {
     if let Err(e) = ctx.gateway.interrupt(ctx.kernel_id).await {
-        ctx.progress.println(&format!(
+        eprintln!("{}", format_args!(
             "gateway-lite run: interrupting the kernel failed: {e}"
         ));
     }

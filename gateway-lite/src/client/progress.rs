@@ -116,6 +116,13 @@ impl Progress {
         self.tick();
     }
 
+    /// A progress note (a line, unless progress is off).
+    pub fn note(&mut self, line: &str) {
+        if self.mode != Mode::Off {
+            self.println(line);
+        }
+    }
+
     /// Ends the display with a summary line.
     pub fn finish(&mut self, summary: &str) {
         self.clear_line();

@@ -105,6 +105,7 @@ pub async fn run(args: RunArgs) -> i32 {
         ),
         Ok(_) if stop.borrow().0.is_some() => Outcome::Stopped(stop.borrow().0.expect("checked")),
         Ok(id) => {
+            progress.note(&format!("kernel {id} started"));
             let mut run = Run {
                 args: &args,
                 gateway: &gateway,
