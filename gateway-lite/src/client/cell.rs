@@ -225,9 +225,10 @@ async fn sleep_until(at: Option<Instant>) {
 
 async fn interrupt(ctx: &mut CellContext<'_>) {
     if let Err(e) = ctx.gateway.interrupt(ctx.kernel_id).await {
-        eprintln!("{}", format_args!(
-            "gateway-lite run: interrupting the kernel failed: {e}"
-        ));
+        eprintln!(
+            "{}",
+            format_args!("gateway-lite run: interrupting the kernel failed: {e}")
+        );
     }
 }
 

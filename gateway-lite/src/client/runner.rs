@@ -395,6 +395,8 @@ impl Run<'_> {
                 cell.insert("outputs".into(), json!([]));
             }
             let meta = object_field(cell, "metadata");
+            // papermill gives every cell a `tags` list when it reads a notebook; so does this.
+            meta.entry("tags").or_insert_with(|| json!([]));
             meta.insert(
                 "papermill".into(),
                 json!({"exception": null, "start_time": null, "end_time": null, "duration": null, "status": "pending"}),
