@@ -413,7 +413,7 @@ async fn bad_input_is_refused_before_a_kernel_starts() {
     let ran = run(&gw, &[d.join("missing.ipynb").to_str().unwrap()]).await;
     assert_eq!(ran.code, 64, "{}", ran.stderr);
     // A bad option value names the option.
-    let ran = run(&gw, &[nb, "--cell-timeout", "-1"]).await;
+    let ran = run(&gw, &[nb, "--cell-timeout=0"]).await;
     assert_eq!(ran.code, 64, "{}", ran.stderr);
     assert!(ran.stderr.contains("--cell-timeout"), "{}", ran.stderr);
     // A wrong token: the gateway's refusal, exit 69.
