@@ -77,6 +77,8 @@ pub struct RunArgs {
     pub startup_timeout: Duration,
     /// An environment variable for the kernel, in the start request's `env` (Enterprise
     /// Gateway passes on only `KERNEL_*` names and those it allows). Repeatable.
+    /// KERNEL_USERNAME defaults to $KERNEL_USERNAME, else $USER (Enterprise Gateway refuses
+    /// root unless configured otherwise).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
     /// The kernel's working directory (sent as KERNEL_WORKING_DIR).

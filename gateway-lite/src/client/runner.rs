@@ -83,6 +83,16 @@ pub async fn run(args: RunArgs) -> i32 {
     for (k, v) in &args.env {
         env.insert(k.clone(), Value::String(v.clone()));
     }
+    // Who the kernel is for, as Jupyter Server's gateway client tells it: Enterprise Gateway
+    // checks it against its authorized/unauthorized users (root is refused by default).
+    if !env.contains_key("KERNEL_USERNAME") {
+        let user = ["KERNEL_USERNAME", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        if let Some(u) = user {
+            env.insert("KERNEL_USERNAME".into(), Value::String(u));
+        }
+    }
     if let Some(cwd) = &args.cwd {
         env.insert("KERNEL_WORKING_DIR".into(), Value::String(cwd.clone()));
     }
