@@ -336,10 +336,10 @@ fn split_multiline(doc: &mut Value) {
                 Some("display_data" | "execute_result") => {
                     if let Some(data) = out.get_mut("data").and_then(Value::as_object_mut) {
                         for (mime, v) in data.iter_mut() {
-                            if mime.starts_with("text/") || SPLIT_MIMES.contains(&mime.as_str()) {
-                                if let Value::String(s) = v {
-                                    *v = Value::Array(split_lines(s));
-                                }
+                            if (mime.starts_with("text/") || SPLIT_MIMES.contains(&mime.as_str()))
+                                && let Value::String(s) = v
+                            {
+                                *v = Value::Array(split_lines(s));
                             }
                         }
                     }
@@ -351,10 +351,10 @@ fn split_multiline(doc: &mut Value) {
 }
 
 fn split_string_field(v: &mut Value, key: &str) {
-    if let Some(slot) = v.get_mut(key) {
-        if let Value::String(s) = slot {
-            *slot = Value::Array(split_lines(s));
-        }
+    if let Some(slot) = v.get_mut(key)
+        && let Value::String(s) = slot
+    {
+        *slot = Value::Array(split_lines(s));
     }
 }
 

@@ -61,12 +61,13 @@ impl CellOutputs {
                     .unwrap_or("stdout");
                 let text = content.get("text").and_then(Value::as_str).unwrap_or("");
                 self.before_output();
-                if let Some(last) = self.outputs.last_mut() {
-                    if last["output_type"] == "stream" && last["name"] == name {
-                        let merged = format!("{}{text}", last["text"].as_str().unwrap_or(""));
-                        last["text"] = Value::String(merged);
-                        return;
-                    }
+                if let Some(last) = self.outputs.last_mut()
+                    && last["output_type"] == "stream"
+                    && last["name"] == name
+                {
+                    let merged = format!("{}{text}", last["text"].as_str().unwrap_or(""));
+                    last["text"] = Value::String(merged);
+                    return;
                 }
                 self.outputs
                     .push(json!({"output_type": "stream", "name": name, "text": text}));

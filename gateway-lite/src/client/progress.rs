@@ -73,10 +73,10 @@ impl Progress {
     /// The running cell ended.
     pub fn cell_finished(&mut self) {
         self.done += 1;
-        if let Some((i, _, t)) = self.current.take() {
-            if self.mode == Mode::Lines {
-                println!("[{i}/{}] done in {}", self.total, fmt_duration(t.elapsed()));
-            }
+        if let Some((i, _, t)) = self.current.take()
+            && self.mode == Mode::Lines
+        {
+            println!("[{i}/{}] done in {}", self.total, fmt_duration(t.elapsed()));
         }
         self.tick();
     }

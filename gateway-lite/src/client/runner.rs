@@ -60,12 +60,12 @@ pub async fn run(args: RunArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    if !params.is_empty() {
-        if let Some(l) = nb.language().filter(|l| Language::from_name(l).is_none()) {
-            return usage(format!(
-                "the notebook's language is {l:?}: parameters can be written in Python and R only"
-            ));
-        }
+    if !params.is_empty()
+        && let Some(l) = nb.language().filter(|l| Language::from_name(l).is_none())
+    {
+        return usage(format!(
+            "the notebook's language is {l:?}: parameters can be written in Python and R only"
+        ));
     }
     let gateway = match Gateway::new(&args.url, args.token(), args.ca_file.as_deref()) {
         Ok(g) => g,
@@ -139,12 +139,12 @@ pub async fn run(args: RunArgs) -> i32 {
         Outcome::Stopped(Stop::Term) => args::EXIT_SIGTERM,
         Outcome::Failed(c, _) => *c,
     };
-    if let Ok(id) = &kernel {
-        if let Err(e) = gateway.delete(id).await {
-            eprintln!("gateway-lite run: could not delete kernel {id}: {e}");
-            if code == args::EXIT_OK {
-                code = args::EXIT_UNAVAILABLE;
-            }
+    if let Ok(id) = &kernel
+        && let Err(e) = gateway.delete(id).await
+    {
+        eprintln!("gateway-lite run: could not delete kernel {id}: {e}");
+        if code == args::EXIT_OK {
+            code = args::EXIT_UNAVAILABLE;
         }
     }
     listener.abort();
