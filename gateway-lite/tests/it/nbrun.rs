@@ -11,15 +11,15 @@ use serde_json::{Value, json};
 use crate::support::{Gateway, Options, WAIT, wait_no_processes};
 
 /// What a finished `gateway-lite run` left.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Ran {
     /// The kernel id the run printed ("kernel ID started").
-    fn kernel_id(&self) -> String {
+    pub(crate) fn kernel_id(&self) -> String {
         self.stdout
             .lines()
             .find_map(|l| l.strip_prefix("kernel ")?.strip_suffix(" started"))
@@ -28,7 +28,7 @@ impl Ran {
     }
 }
 
-fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("gl-nbrun-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -52,7 +52,7 @@ fn command(gw: &Gateway, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-async fn run(gw: &Gateway, args: &[&str]) -> Ran {
+pub(crate) async fn run(gw: &Gateway, args: &[&str]) -> Ran {
     let out = tokio::time::timeout(WAIT * 2, command(gw, args).output())
         .await
         .expect("gateway-lite run ended in time")
@@ -64,7 +64,7 @@ async fn run(gw: &Gateway, args: &[&str]) -> Ran {
     }
 }
 
-fn write_nb(dir: &Path, name: &str, sources: &[&str]) -> PathBuf {
+pub(crate) fn write_nb(dir: &Path, name: &str, sources: &[&str]) -> PathBuf {
     let cells: Vec<Value> = sources
         .iter()
         .map(|s| json!({"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": s}))
@@ -79,12 +79,12 @@ fn write_nb(dir: &Path, name: &str, sources: &[&str]) -> PathBuf {
     p
 }
 
-fn read(p: &Path) -> Value {
+pub(crate) fn read(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 /// The kernel is gone from the gateway and from the process table.
-async fn assert_deleted(gw: &Gateway, ran: &Ran) {
+pub(crate) async fn assert_deleted(gw: &Gateway, ran: &Ran) {
     let id = ran.kernel_id();
     let (status, list) = gw.json("GET", "/api/kernels", None).await;
     assert_eq!(status, 200);
