@@ -253,3 +253,28 @@ def test_eg_sigint_interrupts_saves_and_deletes_the_kernel(eg_server, tmp_path):
     wait_kernel_gone(eg_server.rest(), kernel_id(done))
     outs = json.loads(out.read_text())["cells"][0]["outputs"]
     assert outs[-1]["ename"] == "KeyboardInterrupt", outs
+
+
+def test_eg_run_r_notebook_with_parameters(launcher, eg_server, tmp_path):
+    """R parameters as papermill writes them (TRUE/FALSE, NULL, quoted strings, leading '_'
+    dropped), injected after the `parameters` cell and run by IRkernel through EG."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "kl_ir", "display_name": "R", "language": "R"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("n <- 1\ns <- 'a'\nb <- FALSE\nz <- 0\nf <- 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("cat(class(n), class(s), b, is.null(z), f, s, '\\n')"),
+    ]
+    path = tmp_path / "r.ipynb"
+    nbformat.write(nb, str(path))
+    out = tmp_path / "r.out.ipynb"
+    proc = run_client(eg_server.base_url, path, out, "-p", "n", "7", "-p", "s", 'say "hi"', "-p", "b", "True",
+                      "-p", "_z", "None", "-p", "f", "2.5")
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    wait_kernel_gone(eg_server.rest(), kernel_id(proc))
+    saved = json.loads(out.read_text())
+    injected = saved["cells"][1]
+    assert injected["metadata"]["tags"] == ["injected-parameters"]
+    assert _joined(injected["source"]) == '# Parameters\nn = 7\ns = "say \\"hi\\""\nb = TRUE\nz = NULL\nf = 2.5\n'
+    text = _joined(saved["cells"][2]["outputs"][0]["text"])
+    assert text == 'numeric character TRUE TRUE 2.5 say "hi" \n', text
+    assert saved["metadata"]["language_info"]["name"] == "R"

@@ -458,6 +458,9 @@ async fn listen_for_signals(tx: watch::Sender<(Option<Stop>, u32)>) {
         signal(SignalKind::terminate()),
     ) else {
         eprintln!("gateway-lite run: cannot listen for signals; Ctrl-C will not save the notebook");
+        // Keep the sender: a closed channel would wake the run's waits over and over.
+        std::future::pending::<()>().await;
+        drop(tx);
         return;
     };
     loop {

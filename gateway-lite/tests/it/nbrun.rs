@@ -263,8 +263,10 @@ async fn a_cell_error_saves_prints_the_cell_and_traceback_and_exits_1() {
             "print('never')",
         ],
     );
-    let ran = run(&gw, &[nb.to_str().unwrap()]).await;
+    let ran = run(&gw, &[nb.to_str().unwrap(), "--log-output"]).await;
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    // --log-output: the cells' stdout as it arrives.
+    assert!(ran.stdout.lines().any(|l| l == "before"), "{}", ran.stdout);
     assert!(
         ran.stderr
             .contains("cell 2 (In [2]) raised ValueError: boom"),
