@@ -22,6 +22,9 @@ use super::progress::Progress;
 
 /// How long an interrupted cell may take to report back.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
+/// How long after its `execute_reply` a cell's iopub may take to go idle (nbclient waits 4 s
+/// by default); past it the cell counts as done, with what arrived.
+pub const IOPUB_GRACE: Duration = Duration::from_secs(10);
 
 /// A stop request from a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,7 @@ pub async fn run_cell(
     let mut idle = false;
     let mut execution_count = Value::Null;
     let mut deadline = ctx.timeout.map(|t| Instant::now() + t);
+    let mut iopub_deadline: Option<Instant> = None;
     // Set once the kernel was interrupted: why, and how long the cell still gets.
     let mut interrupted: Option<(CellEnd, Instant)> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
@@ -103,11 +107,10 @@ pub async fn run_cell(
             break None;
         }
         let grace_end = interrupted.as_ref().map(|(_, t)| *t);
-        let wake = match (deadline, grace_end) {
-            (_, Some(g)) => Some(g),
-            (Some(d), None) => Some(d),
-            (None, None) => None,
-        };
+        let wake = [deadline, grace_end, iopub_deadline]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             msg = ctx.channel.recv() => {
                 let msg = match msg {
@@ -131,6 +134,7 @@ pub async fn run_cell(
                             execution_count = n.clone();
                         }
                         reply = Some(msg.content);
+                        iopub_deadline = Some(Instant::now() + IOPUB_GRACE);
                     }
                     ("iopub", "status") => match msg.content.get("execution_state").and_then(Value::as_str) {
                         Some("busy") => { timing.insert("iopub.status.busy".into(), date); }
@@ -153,6 +157,11 @@ pub async fn run_cell(
                 }
             }
             _ = sleep_until(wake) => {
+                if iopub_deadline.is_some_and(|t| Instant::now() >= t) {
+                    eprintln!("gateway-lite run: no idle status {IOPUB_GRACE:?} after the cell's reply; going on with the outputs received");
+                    idle = true;
+                    continue;
+                }
                 if interrupted.is_some() {
                     break Some(interrupted.take().map(|(why, _)| why).expect("checked above"));
                 }

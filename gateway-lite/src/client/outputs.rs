@@ -15,19 +15,66 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+/// Most bytes of output kept per cell; past it outputs are dropped and a note says so (a
+/// runaway loop printing forever must not exhaust the client's memory).
+pub const MAX_CELL_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
+
 /// The outputs of the running cell.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CellOutputs {
     outputs: Vec<Value>,
+    limit: usize,
+    bytes: usize,
+    truncated: bool,
     clear_before_next: bool,
     displays: HashMap<String, Vec<usize>>,
     /// The first error output's (ename, evalue, traceback).
     error: Option<(String, String, Vec<String>)>,
 }
 
+impl Default for CellOutputs {
+    fn default() -> Self {
+        CellOutputs::with_limit(MAX_CELL_OUTPUT_BYTES)
+    }
+}
+
 impl CellOutputs {
+    /// Outputs kept up to `limit` bytes.
+    pub fn with_limit(limit: usize) -> CellOutputs {
+        CellOutputs {
+            outputs: Vec::new(),
+            limit,
+            bytes: 0,
+            truncated: false,
+            clear_before_next: false,
+            displays: HashMap::new(),
+            error: None,
+        }
+    }
+
     /// Takes one iopub message of the cell.
     pub fn handle(&mut self, msg_type: &str, content: &Value) {
+        if matches!(
+            msg_type,
+            "stream" | "display_data" | "execute_result" | "update_display_data"
+        ) {
+            let size = match content.get("text") {
+                Some(Value::String(t)) => t.len(),
+                _ => content.get("data").map_or(0, |d| d.to_string().len()),
+            };
+            self.bytes = self.bytes.saturating_add(size);
+            if self.bytes > self.limit {
+                if !self.truncated {
+                    self.truncated = true;
+                    self.outputs.push(json!({
+                        "output_type": "stream",
+                        "name": "stderr",
+                        "text": format!("[gateway-lite run: this cell's output passed {} bytes; the rest was dropped]\n", self.limit),
+                    }));
+                }
+                return;
+            }
+        }
         let display_id = content
             .get("transient")
             .and_then(|t| t.get("display_id"))
@@ -145,6 +192,8 @@ impl CellOutputs {
 
     fn clear(&mut self) {
         self.outputs.clear();
+        self.bytes = 0;
+        self.truncated = false;
         self.displays.clear();
         self.clear_before_next = false;
     }
@@ -191,6 +240,18 @@ mod tests {
         assert_eq!(o.to_value()[0]["data"]["text/plain"], "y");
         o.handle("clear_output", &json!({"wait": false}));
         assert_eq!(o.to_value(), json!([]));
+    }
+
+    #[test]
+    fn output_past_the_limit_is_dropped_with_a_note() {
+        let mut o = CellOutputs::with_limit(10);
+        o.handle("stream", &json!({"name": "stdout", "text": "12345678\n"}));
+        o.handle("stream", &json!({"name": "stdout", "text": "more\n"}));
+        o.handle("stream", &json!({"name": "stdout", "text": "and more\n"}));
+        let v = o.to_value();
+        assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(v[0]["text"], "12345678\n");
+        assert!(v[1]["text"].as_str().unwrap().contains("passed 10 bytes"));
     }
 
     #[test]
