@@ -445,3 +445,75 @@ async fn bad_input_is_refused_before_a_kernel_starts() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_while_the_kernel_starts_still_deletes_it() {
+    // A kernel that takes its time: a shell (named by a marker, to be found) sleeps, then
+    // becomes ipykernel; its spec is in the gateway's directory before the gateway starts.
+    let gw_dir = std::env::temp_dir().join(format!("gl-it-{}", uuid::Uuid::new_v4()));
+    let marker = format!("slow-start-{}", uuid::Uuid::new_v4().simple());
+    let spec = gw_dir.join("specs/slow");
+    std::fs::create_dir_all(&spec).unwrap();
+    let argv = json!([
+        "/bin/sh",
+        "-c",
+        "sleep 5; exec \"$1\" -m ipykernel_launcher -f \"$2\"",
+        marker,
+        crate::support::python(),
+        "{connection_file}"
+    ]);
+    std::fs::write(
+        spec.join("kernel.json"),
+        serde_json::to_vec(&json!({"argv": argv, "display_name": "slow", "language": "python"}))
+            .unwrap(),
+    )
+    .unwrap();
+    let gw = Gateway::start(Options {
+        dir: Some(gw_dir),
+        ..Options::default()
+    });
+    let d = dir();
+    let nb = write_nb(&d, "start.ipynb", &["print('never')"]);
+    let mut child = command(&gw, &[nb.to_str().unwrap(), "--kernel", "slow"])
+        .spawn()
+        .unwrap();
+    let starting = || {
+        crate::support::pids()
+            .into_iter()
+            .filter(|p| crate::support::cmdline(*p).contains(&marker))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while starting().is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended early:\n{}",
+            gw.log()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow kernel never started:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, list) = gw.json("GET", "/api/kernels", None).await;
+    assert_eq!(list, json!([]), "{stderr}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !starting().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow kernel was left running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
