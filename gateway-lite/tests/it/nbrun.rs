@@ -387,7 +387,7 @@ async fn a_kernel_that_dies_ends_the_run_and_is_still_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_input_is_refused_before_a_kernel_starts() {
+async fn bad_input_and_failures_end_with_their_exit_codes() {
     let gw = Gateway::start(Options {
         token: Some("right"),
         ..Options::default()
@@ -434,6 +434,12 @@ async fn bad_input_is_refused_before_a_kernel_starts() {
     assert!(ran.stderr.contains("\"no-such-spec\""), "{}", ran.stderr);
     let (_, list) = gw.json("GET", "/api/kernels", None).await;
     assert_eq!(list, json!([]));
+    // An output that cannot be written: exit 73, and the kernel it started is gone.
+    let unwritable = d.join("no-such-dir/out.ipynb");
+    let ran = run(&gw, &[nb, "-o", unwritable.to_str().unwrap()]).await;
+    assert_eq!(ran.code, 73, "{}", ran.stderr);
+    assert!(ran.stderr.contains("cannot write"), "{}", ran.stderr);
+    assert_deleted(&gw, &ran).await;
     // Nobody listening.
     let closed = Gateway::external(1, "t");
     let ran = run(&closed, &[nb]).await;
