@@ -15,6 +15,7 @@
 //! - [`http`]: connections (TCP or TLS) and the REST calls.
 //! - [`channel`]: the kernel's WebSocket: Jupyter messages out and in.
 //! - [`cell`]: one cell run: the request, the replies, timeout and stop, the cell written.
+//! - [`markers`]: papermill's error marker cells.
 //! - [`outputs`]: one cell's outputs built from iopub messages as Jupyter clients build them.
 //! - [`progress`]: a one-line progress bar on a terminal, plain lines otherwise.
 //! - [`runner`]: start the kernel, run every cell, save, and always delete the kernel.
@@ -23,6 +24,7 @@ pub mod args;
 pub mod cell;
 pub mod channel;
 pub mod http;
+pub mod markers;
 pub mod notebook;
 pub mod outputs;
 pub mod params;

@@ -174,6 +174,15 @@ impl Notebook {
         }
     }
 
+    /// Removes cell `index`.
+    pub fn remove_cell(&mut self, index: usize) {
+        if let Some(cells) = self.doc.get_mut("cells").and_then(Value::as_array_mut)
+            && index < cells.len()
+        {
+            cells.remove(index);
+        }
+    }
+
     /// Replaces cell `index`.
     pub fn replace_cell(&mut self, index: usize, cell: Value) {
         if let Some(slot) = self

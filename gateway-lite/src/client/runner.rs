@@ -33,12 +33,17 @@ enum Outcome {
     Done,
     CellError {
         cell: usize,
+        index: usize,
         count: Value,
         ename: String,
         evalue: String,
         traceback: Vec<String>,
     },
     TimedOut {
+        cell: usize,
+    },
+    /// A cell called `sys.exit(0)`: the run stops there, successfully.
+    Exited {
         cell: usize,
     },
     Stopped(Stop),
@@ -56,6 +61,7 @@ pub async fn run(args: RunArgs) -> i32 {
         Ok(nb) => nb,
         Err(e) => return usage(e.to_string()),
     };
+    super::markers::remove(&mut nb);
     let params = match params::from_pairs(&args.parameters, &args.parameters_raw) {
         Ok(p) => p,
         Err(e) => return usage(e),
@@ -132,7 +138,7 @@ pub async fn run(args: RunArgs) -> i32 {
     };
     // The kernel goes, whatever happened.
     let mut code = match &outcome {
-        Outcome::Done => args::EXIT_OK,
+        Outcome::Done | Outcome::Exited { .. } => args::EXIT_OK,
         Outcome::CellError { .. } => args::EXIT_CELL_ERROR,
         Outcome::TimedOut { .. } => args::EXIT_CELL_TIMEOUT,
         Outcome::Stopped(Stop::Int) => args::EXIT_SIGINT,
@@ -150,7 +156,7 @@ pub async fn run(args: RunArgs) -> i32 {
     listener.abort();
     let summary = report(&outcome, &output);
     progress.finish(&summary);
-    if !matches!(outcome, Outcome::Done) {
+    if !matches!(outcome, Outcome::Done | Outcome::Exited { .. }) {
         eprintln!("gateway-lite run: {summary}");
     }
     if let Outcome::CellError { traceback, .. } = &outcome {
@@ -181,6 +187,9 @@ fn report(outcome: &Outcome, output: &Path) -> String {
             "cell {cell} (In [{}]) raised {ename}: {evalue}; saved {saved}",
             count.as_u64().map_or("?".into(), |n| n.to_string())
         ),
+        Outcome::Exited { cell } => {
+            format!("cell {cell} called sys.exit(0): the run stopped there; saved {saved}")
+        }
         Outcome::TimedOut { cell } => {
             format!("cell {cell} ran longer than --cell-timeout and was interrupted; saved {saved}")
         }
@@ -256,6 +265,9 @@ impl Run<'_> {
         let outcome = self.run_cells(&mut channel).await;
         channel.close().await;
         self.end_metadata(matches!(outcome, Outcome::CellError { .. }));
+        if let Outcome::CellError { index, count, .. } = &outcome {
+            super::markers::insert(self.nb, *index, count);
+        }
         match self.save() {
             Ok(()) => outcome,
             Err(o) => o,
@@ -347,10 +359,18 @@ impl Run<'_> {
             match end {
                 None | Some(CellEnd::Ran { error: None }) => {}
                 Some(CellEnd::Ran {
+                    error: Some((ename, evalue, _)),
+                }) if ename == "SystemExit" && (evalue.is_empty() || evalue == "0") => {
+                    // papermill's convention: sys.exit() / sys.exit(0) ends the run early, and
+                    // successfully.
+                    return Outcome::Exited { cell: n };
+                }
+                Some(CellEnd::Ran {
                     error: Some((ename, evalue, traceback)),
                 }) => {
                     return Outcome::CellError {
                         cell: n,
+                        index: i,
                         count,
                         ename,
                         evalue,

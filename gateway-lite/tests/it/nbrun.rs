@@ -279,13 +279,41 @@ async fn a_cell_error_saves_prints_the_cell_and_traceback_and_exits_1() {
     assert_deleted(&gw, &ran).await;
     let out = read(&d.join("err.out.ipynb"));
     let cells = out["cells"].as_array().unwrap();
-    assert_eq!(text(&cells[0]), "before\n");
-    assert_eq!(cells[1]["outputs"][0]["output_type"], "error");
-    assert_eq!(cells[1]["outputs"][0]["ename"], "ValueError");
-    assert_eq!(cells[1]["metadata"]["papermill"]["status"], "failed");
-    assert_eq!(cells[2]["outputs"], json!([]));
-    assert_eq!(cells[2]["metadata"]["papermill"]["status"], "pending");
+    // papermill's markers: a banner first, an anchor right before the failed cell.
+    assert_eq!(cells.len(), 5);
+    let banner: String = serde_json::from_value::<Vec<String>>(cells[0]["source"].clone())
+        .unwrap()
+        .concat();
+    assert!(
+        banner.contains(
+            "An Exception was encountered at '<a href=\"#papermill-error-cell\">In [2]</a>'"
+        ),
+        "{banner}"
+    );
+    assert_eq!(
+        cells[2]["metadata"]["tags"],
+        json!(["papermill-error-cell-tag"])
+    );
+    assert_eq!(text(&cells[1]), "before\n");
+    assert_eq!(cells[3]["outputs"][0]["output_type"], "error");
+    assert_eq!(cells[3]["outputs"][0]["ename"], "ValueError");
+    assert_eq!(cells[3]["metadata"]["papermill"]["status"], "failed");
+    assert_eq!(cells[4]["outputs"], json!([]));
+    assert_eq!(cells[4]["metadata"]["papermill"]["status"], "pending");
     assert_eq!(out["metadata"]["papermill"]["exception"], true);
+    // Running the saved notebook again: the old markers go, new ones come (not twice).
+    let again = d.join("again.ipynb");
+    let ran = run(
+        &gw,
+        &[
+            d.join("err.out.ipynb").to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert_eq!(read(&again)["cells"].as_array().unwrap().len(), 5);
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -521,5 +549,41 @@ async fn sigint_while_the_kernel_starts_still_deletes_it() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sys_exit_0_ends_the_run_early_and_successfully() {
+    let gw = Gateway::start(Options::default());
+    let d = dir();
+    let nb = write_nb(
+        &d,
+        "exit.ipynb",
+        &["print('one')", "import sys\nsys.exit(0)", "print('never')"],
+    );
+    let ran = run(&gw, &[nb.to_str().unwrap()]).await;
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("cell 2 called sys.exit(0)"),
+        "{}",
+        ran.stdout
+    );
+    assert_deleted(&gw, &ran).await;
+    let out = read(&d.join("exit.out.ipynb"));
+    assert_eq!(
+        out["cells"].as_array().unwrap().len(),
+        3,
+        "no error markers"
+    );
+    assert_eq!(out["cells"][2]["outputs"], json!([]));
+    // Any other exit status is an error.
+    let nb = write_nb(&d, "exit1.ipynb", &["import sys\nsys.exit(3)"]);
+    let ran = run(&gw, &[nb.to_str().unwrap()]).await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("raised SystemExit: 3"),
+        "{}",
+        ran.stderr
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
