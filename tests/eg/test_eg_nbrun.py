@@ -2,8 +2,9 @@
 each compared with papermill 2.6.0's own run of the same notebook on a local ipykernel
 (venv-pm, tests/requirements/papermill.txt): same cells, sources (the injected parameters cell
 included), execution counts, outputs and papermill statuses; only timing values, the injected
-cell's random id and papermill's paths/version may differ. Also the error, timeout and Ctrl-C
-paths against EG, each leaving no kernel behind.
+cell's random id and papermill's paths/version may differ. Also the error path (compared with
+papermill's failed run: error markers included), timeout and Ctrl-C against EG, each leaving no
+kernel behind, and R parameters through IRkernel.
 
 The notebook is tests/support/notebooks/nbrun.ipynb (gateway-lite's Rust tests run it too).
 Output comparison rules, applied to both sides:
@@ -123,7 +124,7 @@ def comparable(nb: dict) -> dict:
             "cell_type": c["cell_type"],
             "source": _joined(c["source"]),
             "tags": tags,
-            "papermill": {k: meta["papermill"][k] for k in ("status", "exception")},
+            "papermill": {k: meta.get("papermill", {}).get(k) for k in ("status", "exception")},
             "other_metadata": {k: v for k, v in meta.items() if k not in ("papermill", "execution", "tags")},
         }
         if c["cell_type"] == "code":
@@ -139,23 +140,29 @@ def comparable(nb: dict) -> dict:
         "language": nb["metadata"]["language_info"]["name"],
         "metadata_keys": sorted(nb["metadata"]),
         "kernelspec": nb["metadata"]["kernelspec"],
-        "custom": nb["metadata"]["custom_extension"],
+        "custom": nb["metadata"].get("custom_extension"),
     }
+
+
+def run_papermill(paths, notebook: Path, out: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """papermill (venv-pm) on a local ipykernel registered as `python3`, in its own Jupyter dirs."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    spec = tmp / "share/jupyter/kernels/python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [paths.py_kernel, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    env = isolated_env(tmp, f"papermill-{uuid.uuid4().hex}", [tmp / "share/jupyter"])
+    return subprocess.run([_papermill_python(), "-m", "papermill", str(notebook), str(out), *args],
+                          capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, cwd=tmp)
 
 
 @pytest.fixture(scope="module")
 def papermill_nb(paths, tmp_path_factory) -> dict:
     """papermill's run of the notebook on a local ipykernel named as the notebook says."""
     tmp = tmp_path_factory.mktemp("papermill")
-    spec = tmp / "share/jupyter/kernels/python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [paths.py_kernel, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3", "language": "python"}))
-    env = isolated_env(tmp, f"papermill-{uuid.uuid4().hex}", [tmp / "share/jupyter"])
     out = tmp / "papermill.ipynb"
-    proc = subprocess.run([_papermill_python(), "-m", "papermill", str(NOTEBOOK), str(out), *PARAMS],
-                          capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, cwd=tmp)
+    proc = run_papermill(paths, NOTEBOOK, out, tmp, *PARAMS)
     assert proc.returncode == 0, f"papermill failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(out.read_text())
 
@@ -201,30 +208,40 @@ def test_gateway_lite_run_matches_papermill(paths, launcher, papermill_nb, tmp_p
 
 def _small_nb(tmp: Path, *sources: str) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "eg_py_own", "display_name": "EG", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
     p = tmp / "small.ipynb"
     nbformat.write(nb, str(p))
     return p
 
 
-def test_eg_error_saves_and_deletes_the_kernel(eg_server, tmp_path):
-    nb = _small_nb(tmp_path, "print('before')", "raise KeyError('missing')", "print('never')")
+def test_eg_error_saves_deletes_the_kernel_and_matches_papermill(paths, eg_server, tmp_path):
+    """A failing cell: exit 1 with the cell and traceback on stderr, the kernel deleted, and the
+    saved notebook as papermill saves a failed run (error markers, statuses, later cells not run)."""
+    nb = _small_nb(tmp_path, "print('before')", "def f():\n    raise KeyError('missing')\nf()", "print('never')")
     out = tmp_path / "out.ipynb"
-    proc = run_client(eg_server.base_url, nb, out)
+    proc = run_client(eg_server.base_url, nb, out, "--kernel", "eg_py_own")
     assert proc.returncode == 1, f"{proc.stdout}\n{proc.stderr}"
     assert "cell 2 (In [2]) raised KeyError: 'missing'" in proc.stderr
-    assert "KeyError" in proc.stderr.split("raised", 1)[1]
+    assert "----> 3 f()" in proc.stderr.split("raised", 1)[1]
     wait_kernel_gone(eg_server.rest(), kernel_id(proc))
-    saved = json.loads(out.read_text())
-    assert saved["cells"][1]["outputs"][0]["ename"] == "KeyError"
-    assert saved["cells"][2]["metadata"]["papermill"]["status"] == "pending"
+    theirs_path = tmp_path / "papermill.ipynb"
+    pm = run_papermill(paths, nb, theirs_path, tmp_path / "pm")
+    assert pm.returncode == 1, pm.stderr[-2000:]
+    ours, theirs = json.loads(out.read_text()), json.loads(theirs_path.read_text())
+    nbformat.validate(nbformat.reads(out.read_text(), as_version=4))
+    a, b = comparable(ours), comparable(theirs)
+    for i, (x, y) in enumerate(zip(a["cells"], b["cells"])):
+        x.pop("id"), y.pop("id")  # the markers' ids are random on both sides
+        assert x == y, f"cell {i + 1} differs from papermill's:\n ours:      {x}\n papermill: {y}"
+    assert len(a["cells"]) == len(b["cells"]) == 5
+    assert a["exception"] is b["exception"] is True
 
 
 def test_eg_timeout_interrupts_and_deletes_the_kernel(eg_server, tmp_path):
     nb = _small_nb(tmp_path, "print('slow', flush=True)\nimport time\ntime.sleep(600)", "print('never')")
     out = tmp_path / "out.ipynb"
-    proc = run_client(eg_server.base_url, nb, out, "--cell-timeout", "3")
+    proc = run_client(eg_server.base_url, nb, out, "--kernel", "eg_py_own", "--cell-timeout", "3")
     assert proc.returncode == 3, f"{proc.stdout}\n{proc.stderr}"
     wait_kernel_gone(eg_server.rest(), kernel_id(proc))
     outs = json.loads(out.read_text())["cells"][0]["outputs"]
@@ -235,7 +252,8 @@ def test_eg_sigint_interrupts_saves_and_deletes_the_kernel(eg_server, tmp_path):
     marker = tmp_path / "running"
     nb = _small_nb(tmp_path, f"open({str(marker)!r}, 'w').close()\nimport time\ntime.sleep(600)", "print('never')")
     out = tmp_path / "out.ipynb"
-    cmd = [_gateway_lite(), "run", str(nb), "--url", eg_server.base_url, "-o", str(out), "--env", "KERNEL_USERNAME=kl-e2e"]
+    cmd = [_gateway_lite(), "run", str(nb), "--url", eg_server.base_url, "-o", str(out), "--kernel", "eg_py_own",
+           "--env", "KERNEL_USERNAME=kl-e2e"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
