@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::channel::{ChannelError, KernelChannel};
 use super::http::Gateway;
-use super::outputs::CellOutputs;
+use super::outputs::{CellOutputs, DisplayUpdate, Displays};
 use super::progress::Progress;
 
 /// How long an interrupted cell may take to report back.
@@ -72,6 +72,12 @@ pub struct CellContext<'a> {
     pub timeout: Option<Duration>,
     /// `--log-output`.
     pub log_output: bool,
+    /// Where earlier cells' displays are; this cell's are recorded into it.
+    pub displays: &'a mut Displays,
+    /// The cell's index in the notebook.
+    pub index: usize,
+    /// Display updates this cell sent, for the run to apply to earlier cells.
+    pub updates: Vec<DisplayUpdate>,
 }
 
 /// Runs `code` and writes the result into `cell`.
@@ -188,6 +194,8 @@ pub async fn run_cell(
             _ = ticker.tick() => ctx.progress.tick(),
         }
     };
+    ctx.displays.record(ctx.index, &outputs);
+    ctx.updates = outputs.take_updates();
     cell.insert("outputs".into(), outputs.to_value());
     cell.insert("execution_count".into(), execution_count);
     let meta = super::notebook::object_field(cell, "metadata");

@@ -6,8 +6,8 @@
 //!   one output per message: same text, fewer entries here).
 //! - `display_data` / `execute_result`: `data` and `metadata` kept verbatim (images stay
 //!   base64 strings); `transient` is dropped, as nbformat has no place for it; a
-//!   `display_id` is remembered, so `update_display_data` replaces those outputs in place.
-//!   Updates reach displays of the running cell only.
+//!   `display_id` is remembered, so `update_display_data` replaces those outputs in place, in
+//!   the running cell here and in earlier cells through [`Displays`] (as nbclient does).
 //! - `error`: `ename`, `evalue`, `traceback`.
 //! - `clear_output`: clears now, or, with `wait`, just before the next output.
 
@@ -19,9 +19,56 @@ use serde_json::{Map, Value, json};
 /// runaway loop printing forever must not exhaust the client's memory).
 pub const MAX_CELL_OUTPUT_BYTES: usize = 256 * 1024 * 1024;
 
+/// An `update_display_data`: new data and metadata for every output of a display id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisplayUpdate {
+    /// The display id.
+    pub id: String,
+    /// The new `data`.
+    pub data: Value,
+    /// The new `metadata`.
+    pub metadata: Value,
+}
+
+impl DisplayUpdate {
+    /// Puts the new data and metadata into `output`.
+    pub fn apply_to(&self, output: &mut Value) {
+        output["data"] = self.data.clone();
+        output["metadata"] = self.metadata.clone();
+    }
+}
+
+/// Where each display id's outputs are in the notebook: (cell index, output index).
+#[derive(Debug, Default)]
+pub struct Displays {
+    map: HashMap<String, Vec<(usize, usize)>>,
+}
+
+impl Displays {
+    /// Records the display ids of cell `cell`'s outputs (replacing what it had).
+    pub fn record(&mut self, cell: usize, outputs: &CellOutputs) {
+        for places in self.map.values_mut() {
+            places.retain(|(c, _)| *c != cell);
+        }
+        for (id, indices) in &outputs.displays {
+            let places = self.map.entry(id.clone()).or_default();
+            places.extend(indices.iter().map(|i| (cell, *i)));
+        }
+    }
+
+    /// The places of `id` outside cell `except`.
+    pub fn places(&self, id: &str, except: usize) -> Vec<(usize, usize)> {
+        self.map
+            .get(id)
+            .map(|p| p.iter().copied().filter(|(c, _)| *c != except).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The outputs of the running cell.
 #[derive(Debug)]
 pub struct CellOutputs {
+    updates: Vec<DisplayUpdate>,
     outputs: Vec<Value>,
     limit: usize,
     bytes: usize,
@@ -43,6 +90,7 @@ impl CellOutputs {
     pub fn with_limit(limit: usize) -> CellOutputs {
         CellOutputs {
             outputs: Vec::new(),
+            updates: Vec::new(),
             limit,
             bytes: 0,
             truncated: false,
@@ -90,16 +138,21 @@ impl CellOutputs {
             }
             "update_display_data" => {
                 let Some(id) = display_id else { return };
-                let indices = self.displays.get(&id).cloned().unwrap_or_default();
+                let update = DisplayUpdate {
+                    id,
+                    data: content.get("data").cloned().unwrap_or_else(|| json!({})),
+                    metadata: content
+                        .get("metadata")
+                        .cloned()
+                        .unwrap_or_else(|| json!({})),
+                };
+                let indices = self.displays.get(&update.id).cloned().unwrap_or_default();
                 for i in indices {
                     if let Some(out) = self.outputs.get_mut(i) {
-                        out["data"] = content.get("data").cloned().unwrap_or_else(|| json!({}));
-                        out["metadata"] = content
-                            .get("metadata")
-                            .cloned()
-                            .unwrap_or_else(|| json!({}));
+                        update.apply_to(out);
                     }
                 }
+                self.updates.push(update);
             }
             "stream" => {
                 let name = content
@@ -198,6 +251,11 @@ impl CellOutputs {
         self.clear_before_next = false;
     }
 
+    /// The display updates the cell sent (for displays of earlier cells).
+    pub fn take_updates(&mut self) -> Vec<DisplayUpdate> {
+        std::mem::take(&mut self.updates)
+    }
+
     /// The first error raised in the cell, if any: (ename, evalue, traceback).
     pub fn error(&self) -> Option<&(String, String, Vec<String>)> {
         self.error.as_ref()
@@ -240,6 +298,31 @@ mod tests {
         assert_eq!(o.to_value()[0]["data"]["text/plain"], "y");
         o.handle("clear_output", &json!({"wait": false}));
         assert_eq!(o.to_value(), json!([]));
+    }
+
+    #[test]
+    fn displays_of_earlier_cells_are_found_for_updates() {
+        let mut first = CellOutputs::default();
+        first.handle(
+            "display_data",
+            &json!({"data": {"text/plain": "a"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
+        let mut displays = Displays::default();
+        displays.record(2, &first);
+        let mut later = CellOutputs::default();
+        later.handle("stream", &json!({"name": "stdout", "text": "x"}));
+        later.handle(
+            "update_display_data",
+            &json!({"data": {"text/plain": "b"}, "metadata": {}, "transient": {"display_id": "d"}}),
+        );
+        displays.record(5, &later);
+        let updates = later.take_updates();
+        assert_eq!(updates.len(), 1);
+        assert_eq!(displays.places("d", 5), vec![(2, 0)]);
+        let mut out = first.to_value()[0].clone();
+        updates[0].apply_to(&mut out);
+        assert_eq!(out["data"]["text/plain"], "b");
+        assert!(displays.places("other", 5).is_empty());
     }
 
     #[test]

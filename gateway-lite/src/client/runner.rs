@@ -20,6 +20,7 @@ use super::cell::{CellContext, CellEnd, Stop, StopRx, run_cell};
 use super::channel::KernelChannel;
 use super::http::Gateway;
 use super::notebook::{Notebook, object_field, source_text};
+use super::outputs::Displays;
 use super::params::{self, Language, Param};
 use super::progress::Progress;
 
@@ -314,6 +315,7 @@ impl Run<'_> {
 
     async fn run_cells(&mut self, channel: &mut KernelChannel) -> Outcome {
         let mut code_index = 0;
+        let mut displays = Displays::default();
         let mut last_save = std::time::Instant::now();
         for i in 0..self.nb.len() {
             let cell = self.nb.cell_mut(i);
@@ -334,8 +336,20 @@ impl Run<'_> {
                     progress: self.progress,
                     timeout: self.args.cell_timeout,
                     log_output: self.args.log_output,
+                    displays: &mut displays,
+                    index: i,
+                    updates: Vec::new(),
                 };
                 let end = run_cell(&mut ctx, self.nb.cell_mut(i), &source).await;
+                // Displays of earlier cells this one updated (nbclient does the same).
+                for u in std::mem::take(&mut ctx.updates) {
+                    for (c, o) in displays.places(&u.id, i) {
+                        let outputs = self.nb.cell_mut(c).get_mut("outputs");
+                        if let Some(out) = outputs.and_then(|v| v.get_mut(o)) {
+                            u.apply_to(out);
+                        }
+                    }
+                }
                 self.progress.cell_finished();
                 Some(end)
             } else {

@@ -166,7 +166,7 @@ async fn a_notebook_runs_with_parameters_outputs_and_metadata() {
     .await;
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     // Not a terminal: plain progress lines, cell i of n.
-    assert!(ran.stdout.contains("[1/8] alpha = 1"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("[1/10] alpha = 1"), "{}", ran.stdout);
     assert!(ran.stdout.contains("every cell ran"), "{}", ran.stdout);
     assert_deleted(&gw, &ran).await;
 
@@ -217,10 +217,17 @@ async fn a_notebook_runs_with_parameters_outputs_and_metadata() {
     );
     // A display updated in place, then clear_output(wait=True) before the last print.
     assert_eq!(text(cell_by_id(&nb, "displays")), "kept\n");
+    // A display updated from a later cell.
+    let shared = &cell_by_id(&nb, "shared-display")["outputs"][0];
+    assert_eq!(shared["data"]["text/markdown"], json!(["**after**"]));
+    assert_eq!(
+        text(cell_by_id(&nb, "shared-update")),
+        "updated the display of an earlier cell\n"
+    );
     // The empty cell is not run; counts go on after it.
     assert_eq!(cell_by_id(&nb, "empty")["execution_count"], Value::Null);
     let result = cell_by_id(&nb, "result");
-    assert_eq!(result["execution_count"], 7);
+    assert_eq!(result["execution_count"], 9);
     assert_eq!(text(result), "{'sum': 22, 'flag': True}");
     // Timing as nbclient records it, papermill's per-cell metadata.
     let meta = &result["metadata"];
