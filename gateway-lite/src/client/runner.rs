@@ -106,6 +106,7 @@ pub async fn run(args: RunArgs) -> i32 {
     let code_cells = count_code_cells(&nb) + usize::from(!params.is_empty());
     let mut progress = Progress::new(code_cells, !args.no_progress);
     let started = time_now();
+    let mut saved = false;
 
     let kernel = gateway
         .start_kernel(kernel_name.as_deref(), &env, args.startup_timeout)
@@ -133,6 +134,7 @@ pub async fn run(args: RunArgs) -> i32 {
                 progress: &mut progress,
                 stop: &mut stop,
                 started,
+                saved: &mut saved,
             };
             run.execute().await
         }
@@ -155,7 +157,7 @@ pub async fn run(args: RunArgs) -> i32 {
         }
     }
     listener.abort();
-    let summary = report(&outcome, &output);
+    let summary = report(&outcome, saved.then_some(output.as_path()));
     progress.finish(&summary);
     if !matches!(outcome, Outcome::Done | Outcome::Exited { .. }) {
         eprintln!("gateway-lite run: {summary}");
@@ -173,11 +175,14 @@ pub async fn run(args: RunArgs) -> i32 {
     code
 }
 
-/// The one-line summary of `outcome`.
-fn report(outcome: &Outcome, output: &Path) -> String {
-    let saved = output.display();
+/// The one-line summary of `outcome`; `output` if the notebook was written.
+fn report(outcome: &Outcome, output: Option<&Path>) -> String {
+    let saved = match output {
+        Some(p) => format!("saved {}", p.display()),
+        None => "nothing ran, no notebook written".to_owned(),
+    };
     match outcome {
-        Outcome::Done => format!("every cell ran; saved {saved}"),
+        Outcome::Done => format!("every cell ran; {saved}"),
         Outcome::CellError {
             cell,
             count,
@@ -185,22 +190,26 @@ fn report(outcome: &Outcome, output: &Path) -> String {
             evalue,
             ..
         } => format!(
-            "cell {cell} (In [{}]) raised {ename}: {evalue}; saved {saved}",
+            "cell {cell} (In [{}]) raised {ename}: {evalue}; {saved}",
             count.as_u64().map_or("?".into(), |n| n.to_string())
         ),
         Outcome::Exited { cell } => {
-            format!("cell {cell} called sys.exit(0): the run stopped there; saved {saved}")
+            format!("cell {cell} called sys.exit(0): the run stopped there; {saved}")
         }
         Outcome::TimedOut { cell } => {
-            format!("cell {cell} ran longer than --cell-timeout and was interrupted; saved {saved}")
+            format!("cell {cell} ran longer than --cell-timeout and was interrupted; {saved}")
         }
-        Outcome::Stopped(s) => format!(
-            "{} received: the running cell was interrupted; saved {saved}",
-            match s {
+        Outcome::Stopped(s) => {
+            let signal = match s {
                 Stop::Int => "SIGINT",
                 Stop::Term => "SIGTERM",
+            };
+            if output.is_some() {
+                format!("{signal} received: the running cell was interrupted; {saved}")
+            } else {
+                format!("{signal} received while the kernel started; {saved}")
             }
-        ),
+        }
         Outcome::Failed(_, why) => why.clone(),
     }
 }
@@ -216,6 +225,8 @@ struct Run<'a> {
     progress: &'a mut Progress,
     stop: &'a mut StopRx,
     started: (String, Instant),
+    /// Set once the output notebook was written.
+    saved: &'a mut bool,
 }
 
 impl Run<'_> {
@@ -458,10 +469,12 @@ impl Run<'_> {
         }
     }
 
-    fn save(&self) -> Result<(), Outcome> {
+    fn save(&mut self) -> Result<(), Outcome> {
         self.nb
             .save(self.output)
-            .map_err(|e| Outcome::Failed(args::EXIT_CANT_CREATE, e.to_string()))
+            .map_err(|e| Outcome::Failed(args::EXIT_CANT_CREATE, e.to_string()))?;
+        *self.saved = true;
+        Ok(())
     }
 }
 

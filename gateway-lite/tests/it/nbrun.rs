@@ -546,6 +546,12 @@ async fn sigint_while_the_kernel_starts_still_deletes_it() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr
+            .contains("SIGINT received while the kernel started; nothing ran, no notebook written"),
+        "{stderr}"
+    );
+    assert!(!d.join("start.out.ipynb").exists());
     let (_, list) = gw.json("GET", "/api/kernels", None).await;
     assert_eq!(list, json!([]), "{stderr}");
     let deadline = tokio::time::Instant::now() + WAIT;
