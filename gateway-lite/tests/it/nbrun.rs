@@ -600,3 +600,55 @@ async fn sys_exit_0_ends_the_run_early_and_successfully() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_and_cwd_reach_the_kernel_and_sigterm_exits_143() {
+    let gw = Gateway::start(Options::default());
+    let d = dir();
+    let marker = d.join("running");
+    let code = format!(
+        "import os, time\nprint(os.environ.get('KERNEL_NBRUN_MARK'), os.getcwd(), flush=True)\nopen({:?}, 'w').close()\ntime.sleep(600)",
+        marker.to_str().unwrap()
+    );
+    let nb = write_nb(&d, "term.ipynb", &[&code]);
+    let cwd = d.to_str().unwrap();
+    let child = command(
+        &gw,
+        &[
+            nb.to_str().unwrap(),
+            "--env",
+            "KERNEL_NBRUN_MARK=from-the-client",
+            "--cwd",
+            cwd,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cell never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let ran = Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(ran.code, 143, "{}\n{}", ran.stdout, ran.stderr);
+    assert_deleted(&gw, &ran).await;
+    let saved = read(&d.join("term.out.ipynb"));
+    assert_eq!(
+        saved["cells"][0]["outputs"][0]["text"],
+        json!([format!("from-the-client {cwd}\n")])
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
