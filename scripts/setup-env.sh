@@ -11,17 +11,18 @@
 #                                      namespaces, ssh into them)
 #       chromium, chromium-driver      tests/gateway/test_jupyterlab.py (headless JupyterLab via
 #                                      /usr/bin/chromedriver; no browser is downloaded)
-#   - four pinned virtualenvs (tests/requirements/{kernel,eg,gp,lab}.txt)
+#   - five pinned virtualenvs (tests/requirements/{kernel,eg,gp,lab,papermill}.txt)
 #       venv-kernel  ipykernel 6 + jupyter_client 8; runs the ipykernel kernels of the Rust tests,
 #                    tests/eg and tests/gateway, and EG's launch_ipykernel.py
 #       venv-eg      jupyter_enterprise_gateway 3.3.0 (jupyter_client 6, jupyter_server 1); runs EG,
 #                    its itests client and pytest for tests/eg and tests/spark
 #       venv-gp      gateway_provisioners 0.5.0 (jupyter_client 8, jupyter_server 2)
 #       venv-lab     JupyterLab 4 + jupyter_server 2 + selenium; runs pytest for tests/gateway
+#       venv-pm      papermill 2.6.0; the reference run `gateway-lite run` is compared with
 #   - the EG 3.3.0 sdist from PyPI, sha256-checked (its launchers and itests are used at test
 #     time, never committed)
 #   - an IRkernel kernelspec in a private JUPYTER_PATH (never installed globally)
-#   - $KL_CACHE/env.sh describing all of the above (KL_PY_KERNEL, KL_PY_EG, KL_PY_GP, KL_PY_LAB,
+#   - $KL_CACHE/env.sh describing all of the above (KL_PY_KERNEL, KL_PY_EG, KL_PY_GP, KL_PY_LAB, KL_PY_PM,
 #     KL_EG_SDIST, KL_JUPYTER_PATH, KL_R) for the tests and scripts.
 #
 # Idempotent: apt runs only for missing packages, a venv is rebuilt only when its requirements
@@ -91,6 +92,7 @@ ensure_venv kernel "$req_dir/kernel.txt"
 ensure_venv eg "$req_dir/eg.txt"
 ensure_venv gp "$req_dir/gp.txt"
 ensure_venv lab "$req_dir/lab.txt"
+ensure_venv pm "$req_dir/papermill.txt"
 
 # ---------------------------------------------------------------- EG sdist (launchers + itests)
 sdist_dir="$KL_CACHE/sdist"
@@ -142,6 +144,7 @@ export KL_PY_KERNEL="$KL_CACHE/venv-kernel/bin/python"
 export KL_PY_EG="$KL_CACHE/venv-eg/bin/python"
 export KL_PY_GP="$KL_CACHE/venv-gp/bin/python"
 export KL_PY_LAB="$KL_CACHE/venv-lab/bin/python"
+export KL_PY_PM="$KL_CACHE/venv-pm/bin/python"
 export KL_EG_SDIST="$sdist_root"
 export KL_JUPYTER_PATH="$jupyter_prefix/share/jupyter"
 export KL_R="$(command -v R || echo /usr/bin/R)"
@@ -154,5 +157,6 @@ log "venv-kernel:  $KL_CACHE/venv-kernel/bin/python"
 log "venv-eg:      $KL_CACHE/venv-eg/bin/python"
 log "venv-gp:      $KL_CACHE/venv-gp/bin/python"
 log "venv-lab:     $KL_CACHE/venv-lab/bin/python"
+log "venv-pm:      $KL_CACHE/venv-pm/bin/python"
 log "EG sdist:     $sdist_root"
 log "JUPYTER_PATH: $jupyter_prefix/share/jupyter (IRkernel spec 'ir')"

@@ -25,6 +25,9 @@
 //! - [`server`]: connections, bounded, and requests that finish whether or not their client
 //!   waits.
 //!
+//! [`client`] is separate: `gateway-lite run NOTEBOOK`, a client of any Kernel Gateway
+//! that runs a notebook's cells on a kernel it starts there (it uses `protocol` only).
+//!
 //! [`run`] puts them together and is also the shutdown sequence: stop accepting requests,
 //! stop or detach every kernel (through its owner), then cancel and join every task.
 
@@ -33,6 +36,7 @@
 pub mod api;
 pub mod bridge;
 pub mod channels;
+pub mod client;
 pub mod config;
 pub mod kernels;
 pub mod kernelspecs;

@@ -8,6 +8,11 @@
 use gateway_lite::config::{Config, EXIT_USAGE};
 
 fn main() {
+    // `gateway-lite run NOTEBOOK …` is the notebook client (gateway_lite::client).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "run") {
+        std::process::exit(gateway_lite::client::main(argv[1..].to_vec()));
+    }
     let config = match Config::from_args() {
         Ok(c) => c,
         Err(e) => {

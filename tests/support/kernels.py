@@ -50,6 +50,7 @@ def load_kl_env() -> dict[str, str]:
         "KL_PY_EG",
         "KL_PY_GP",
         "KL_PY_LAB",
+        "KL_PY_PM",
         "KL_EG_SDIST",
         "KL_JUPYTER_PATH",
         "KL_R",

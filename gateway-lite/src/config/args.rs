@@ -14,7 +14,9 @@ use clap::Parser;
     about = "A small Jupyter Kernel Gateway that starts kernels through kernel-launcher",
     after_help = "Exit codes: 0 after SIGTERM/SIGINT; 64 a configuration error (the message names the \
 option and the fix); 71 the async runtime could not start; 1 a failure while starting or serving \
-(address in use, state directory locked by another gateway, ...), with the cause on stderr."
+(address in use, state directory locked by another gateway, ...), with the cause on stderr.\n\n\
+`gateway-lite run NOTEBOOK.ipynb --url URL ...` runs a notebook through a gateway instead (see \
+`gateway-lite run --help`)."
 )]
 pub(super) struct Args {
     /// Address to listen on.

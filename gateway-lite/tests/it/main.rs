@@ -7,6 +7,7 @@ mod docker;
 mod generated;
 mod leave;
 mod logs;
+mod nbrun;
 mod policy;
 mod resources;
 mod shape;

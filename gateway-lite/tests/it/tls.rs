@@ -500,3 +500,32 @@ async fn requests_under_a_base_url_whose_client_leaves() {
     })
     .await;
 }
+
+/// `gateway-lite run` over HTTPS and WSS under a base URL: trusting the test CA with
+/// --ca-file it runs the notebook; without it the handshake fails with the fix named, and no
+/// kernel is left either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_lite_run_over_https_under_a_base_url() {
+    let pki = Pki::new();
+    let gw = Gateway::start(pki.gateway(&["--base-url", "/gw/"]));
+    assert!(
+        gw.url.starts_with("https://") && gw.url.ends_with("/gw/"),
+        "{}",
+        gw.url
+    );
+    let d = crate::nbrun::dir();
+    let nb = crate::nbrun::write_nb(&d, "tls.ipynb", &["print('over tls')"]);
+    let nb = nb.to_str().unwrap();
+    let ran = crate::nbrun::run(&gw, &[nb, "--ca-file", &pki.path("ca.pem")]).await;
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let out = crate::nbrun::read(&d.join("tls.out.ipynb"));
+    assert_eq!(out["cells"][0]["outputs"][0]["text"], json!(["over tls\n"]));
+    let client = pki.client(None);
+    let (status, _, body) = call(&gw, &client, "GET", "/gw/api/kernels").await;
+    assert_eq!((status, body.trim()), (200, "[]"));
+    assert!(wait_no_processes(&ran.kernel_id()).await.is_empty());
+    let ran = crate::nbrun::run(&gw, &[nb]).await;
+    assert_eq!(ran.code, 69, "{}", ran.stderr);
+    assert!(ran.stderr.contains("give --ca-file"), "{}", ran.stderr);
+    let _ = std::fs::remove_dir_all(&d);
+}
