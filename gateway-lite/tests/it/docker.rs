@@ -170,6 +170,8 @@ impl DockerEnv {
             &self.image,
             "--launch-script",
             "/usr/local/share/jupyter/kernels/python_docker/scripts/launch_docker.py",
+            // A restarted gateway (the re-attach tests) writes its specs again.
+            "--replace",
             "--dir",
             &dir.join("specs").join("gen_docker_py").to_string_lossy(),
         ]);
