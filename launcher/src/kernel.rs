@@ -18,6 +18,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
+/// The niceness of a kernel told to shut down: the lowest priority.
+const STOPPING_NICE: i32 = 19;
+
 /// A running kernel, identified by its pid (= its process group id).
 #[derive(Debug, Clone, Copy)]
 pub struct Kernel {
@@ -82,6 +85,27 @@ impl Kernel {
                 log::debug!("process group {} is gone; {signal} not sent", self.pid)
             }
             Err(e) => log::warn!("cannot send {signal} to process group {}: {e}", self.pid),
+        }
+    }
+
+    /// Gives the kernel's process group the lowest scheduling priority (nice 19). A kernel
+    /// told to shut down spends a good part of a second of CPU on its exit; at the lowest
+    /// priority that CPU goes to the live kernels and to the launchers and the gateway
+    /// answering other shutdowns first (100 kernels stopped at once on 2 cores: each
+    /// acknowledgement otherwise waited behind the exits already running).
+    pub fn lower_priority(&self) {
+        let Some(pgid) = rustix::process::Pid::from_raw(self.pid) else {
+            return;
+        };
+        match rustix::process::setpriority_pgrp(Some(pgid), STOPPING_NICE) {
+            Ok(()) => log::debug!(
+                "process group {} now runs at nice {STOPPING_NICE}",
+                self.pid
+            ),
+            Err(e) => log::debug!(
+                "cannot lower the priority of process group {}: {e}",
+                self.pid
+            ),
         }
     }
 

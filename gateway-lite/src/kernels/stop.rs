@@ -54,17 +54,26 @@ pub(super) async fn stop(
         return ack();
     }
     let began = Instant::now();
-    let request = channels::request(
-        ep,
-        Channel::Control,
-        "shutdown_request",
-        json!({ "restart": restart }),
-        grace.shutdown_request,
-    );
     let comm_port = ep.comm_port.filter(|_| !restart);
+    // The launcher is asked first and the kernel right after its answer: a kernel on its way
+    // out burns CPU that the acknowledgements of other kernels stopping at the same time
+    // need.
+    let comm_answered = tokio::sync::Notify::new();
+    let request = async {
+        if comm_port.is_some() {
+            let _ = tokio::time::timeout(grace.comm_connect, comm_answered.notified()).await;
+        }
+        let wait = grace.shutdown_request.saturating_sub(began.elapsed());
+        let content = json!({ "restart": restart });
+        channels::request(ep, Channel::Control, "shutdown_request", content, wait).await
+    };
     let comm = async {
         match comm_port {
-            Some(port) => comm_shutdown(ep, port, grace.comm_connect).await,
+            Some(port) => {
+                let answer = comm_shutdown(ep, port, grace.comm_connect).await;
+                comm_answered.notify_one();
+                answer
+            }
             None => std::future::pending().await,
         }
     };

@@ -168,6 +168,8 @@ async fn a_kernel_that_ignores_its_shutdown_is_killed() {
         marks.contains("TERM"),
         "the kernel was sent SIGTERM first: {marks}"
     );
+    // What the DELETE was answered on: the launcher's acknowledgement on its comm port.
+    gw.wait_log("the launcher acknowledged the shutdown").await;
     gw.wait_log("no shutdown_reply within").await;
     // The launcher reports the kernel's death by SIGKILL as its exit status, 128 + 9.
     gw.wait_log(&format!("launcher ended: exit code 137 kernel_id={id}"))
