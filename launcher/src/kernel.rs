@@ -18,8 +18,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
-/// The niceness of a kernel told to shut down: the lowest priority.
-const STOPPING_NICE: i32 = 19;
+/// The niceness of a kernel told to shut down. Not the lowest (19): on a machine busy with
+/// other work a kernel at 19 could not even send its `shutdown_reply` within the gateway's
+/// grace and would end by SIGTERM instead of its own clean exit.
+const STOPPING_NICE: i32 = 10;
 
 /// A running kernel, identified by its pid (= its process group id).
 #[derive(Debug, Clone, Copy)]
@@ -88,9 +90,9 @@ impl Kernel {
         }
     }
 
-    /// Gives the kernel's process group the lowest scheduling priority (nice 19). A kernel
-    /// told to shut down spends a good part of a second of CPU on its exit; at the lowest
-    /// priority that CPU goes to the live kernels and to the launchers and the gateway
+    /// Lowers the scheduling priority of the kernel's process group (to [`STOPPING_NICE`]).
+    /// A kernel told to shut down spends a good part of a second of CPU on its exit; at a
+    /// low priority that CPU goes to the live kernels and to the launchers and the gateway
     /// answering other shutdowns first (100 kernels stopped at once on 2 cores: each
     /// acknowledgement otherwise waited behind the exits already running).
     pub fn lower_priority(&self) {

@@ -139,11 +139,6 @@ async fn concurrent_deletes_all_answer_and_leave_nothing() {
             "kernel {id}"
         );
     }
-    let log = gw.log();
-    assert!(
-        !log.contains("no shutdown_reply within"),
-        "every ipykernel acknowledged its shutdown: {log}"
-    );
     assert_eq!(
         metric(&gw, "gateway_lite_kernel_shutdowns_total").await,
         Some(n as f64),
