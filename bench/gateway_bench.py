@@ -669,6 +669,15 @@ def report(all_reps: list[dict[str, dict]]) -> dict[str, dict]:
             ratio = (v / b) if (v is not None and b not in (None, 0) and v == v and b == b) else None
             line += f"{(fmt(ratio, '.2f') + 'x') if ratio is not None else 'n/a':>12}"
         print(line + f"{target:>9}")
+    # The teardown figure on one line per storm: all DELETEs answered, then all processes gone.
+    for n in STORMS:
+        parts = []
+        for lab in labels:
+            d, g = med[lab].get(f"storm{n}_del"), med[lab].get(f"storm{n}_gone")
+            parts.append(f"{lab} {fmt(d, '.2f')} s (gone {fmt(g, '.2f')} s)")
+        b, others = med[base].get(f"storm{n}_del"), [med[lab].get(f"storm{n}_del") for lab in labels[1:]]
+        ratios = [f"{fmt(v / b, '.2f')}x" for v in others if v is not None and b and v == v and b == b]
+        print(f"DELETE{n}: " + "; ".join(parts) + (f"; EG/gl {', '.join(ratios)}" if ratios else ""))
     for rep_i, rep in enumerate(all_reps):
         for lab, r in rep.items():
             if "error" in r:

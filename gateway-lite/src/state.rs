@@ -194,6 +194,23 @@ impl StateStore {
     /// Replaces the recorded kernels with `kernels`, the state after change number `seq`,
     /// atomically; does nothing if a later change was written already.
     pub fn save(&self, seq: u64, kernels: Vec<KernelRecord>) -> Result<(), StateError> {
+        self.save_latest(seq, move || (seq, kernels))
+    }
+
+    /// Makes sure the state after change number `seq` or a later one is on disk: does
+    /// nothing if one was written already, else writes the newest state `latest` gives (its
+    /// change number and kernels). Writes are one at a time, so changes that pile up behind
+    /// one write (100 DELETEs at once) are then written together, once.
+    pub fn save_latest(
+        &self,
+        seq: u64,
+        latest: impl FnOnce() -> (u64, Vec<KernelRecord>),
+    ) -> Result<(), StateError> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if seq <= *written {
+            return Ok(());
+        }
+        let (seq, kernels) = latest();
         let doc = Document {
             version: VERSION,
             kernels,
@@ -202,10 +219,6 @@ impl StateStore {
             path: self.file(),
             source: std::io::Error::other(e),
         })?;
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if seq <= *written {
-            return Ok(());
-        }
         let tmp = self.dir.join("kernels.json.tmp");
         let mut f = OpenOptions::new()
             .create(true)

@@ -12,7 +12,9 @@
 //!
 //! Liveness is the port itself: once the kernel is gone, or after
 //! `{"shutdown":1}`, the listener is shut down so the next connect is refused,
-//! which is how EG concludes the kernel is dead.
+//! which is how EG concludes the kernel is dead. A `{"shutdown":1}` that is obeyed
+//! is acknowledged on its connection (`protocol::comm::SHUTDOWN_ACK`), so
+//! gateway-lite can answer a DELETE without waiting for the kernel's exit.
 //!
 //! With a launch secret (gateway-lite gives one in `KERNEL_LAUNCHER_SECRET`),
 //! only requests signed with it are obeyed, each once and only while fresh
@@ -20,7 +22,7 @@
 //! the kernel's network cannot interrupt, kill or stop it. Without one the port
 //! speaks Enterprise Gateway's unsigned form, as EG expects.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -146,7 +148,7 @@ impl CommPort {
     }
 
     fn handle(&self, stream: TcpStream, peer: &str, events: &Sender<Event>) {
-        let bytes = match read_request(stream) {
+        let bytes = match read_request(&stream) {
             Ok(bytes) => bytes,
             Err(e) => {
                 log::warn!("comm port: dropped request from {peer}: {e}");
@@ -178,6 +180,13 @@ impl CommPort {
         if request.shutdown || request.signum.is_some_and(|n| n != 0) {
             let _ = events.send(Event::Comm(request));
         }
+        if request.shutdown {
+            // The supervisor has the shutdown now (the kernel ends within its grace): say so.
+            // EG has closed its end already; the write then fails, harmlessly.
+            if let Err(e) = (&stream).write_all(comm::SHUTDOWN_ACK) {
+                log::debug!("comm port: shutdown not acknowledged to {peer}: {e}");
+            }
+        }
     }
 }
 
@@ -199,7 +208,7 @@ impl CommPort {
 }
 
 /// Reads one request to EOF, refusing more than `MAX_REQUEST_LEN` bytes.
-fn read_request(stream: TcpStream) -> io::Result<Vec<u8>> {
+fn read_request(stream: &TcpStream) -> io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut buf = Vec::new();
     stream

@@ -18,6 +18,13 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
+/// The niceness of a kernel told to shut down. Not the lowest (19): on a machine saturated
+/// by other work a kernel at 19 may not get to send its `shutdown_reply` within the gateway's
+/// grace, and then ends by SIGTERM instead of its own clean exit; and under Linux's
+/// autogroup scheduling a nice value only weighs against processes of the same session (the
+/// gateway, its launchers and kernels), so 19 bought no measurable DELETE time over 10.
+const STOPPING_NICE: i32 = 10;
+
 /// A running kernel, identified by its pid (= its process group id).
 #[derive(Debug, Clone, Copy)]
 pub struct Kernel {
@@ -82,6 +89,27 @@ impl Kernel {
                 log::debug!("process group {} is gone; {signal} not sent", self.pid)
             }
             Err(e) => log::warn!("cannot send {signal} to process group {}: {e}", self.pid),
+        }
+    }
+
+    /// Lowers the scheduling priority of the kernel's process group (to [`STOPPING_NICE`]).
+    /// A kernel told to shut down spends a good part of a second of CPU on its exit; at a
+    /// low priority that CPU goes to the live kernels and to the launchers and the gateway
+    /// answering other shutdowns first (100 kernels stopped at once on 2 cores: each
+    /// acknowledgement otherwise waited behind the exits already running).
+    pub fn lower_priority(&self) {
+        let Some(pgid) = rustix::process::Pid::from_raw(self.pid) else {
+            return;
+        };
+        match rustix::process::setpriority_pgrp(Some(pgid), STOPPING_NICE) {
+            Ok(()) => log::debug!(
+                "process group {} now runs at nice {STOPPING_NICE}",
+                self.pid
+            ),
+            Err(e) => log::debug!(
+                "cannot lower the priority of process group {}: {e}",
+                self.pid
+            ),
         }
     }
 

@@ -236,6 +236,7 @@ impl Supervisor {
                         "comm port: shutdown; the kernel gets {:?} to exit before SIGTERM",
                         self.grace
                     );
+                    self.kernel.lower_priority();
                     self.term_at.get_or_insert(Instant::now() + self.grace);
                 }
             }

@@ -21,11 +21,22 @@
 //!   `""`, `[]` and `{}` are false. (Toree accepts only the number 1; EG always sends 1.)
 //! - A `"signum": null` is treated as absent, as Python's `request.get("signum") is not None`.
 //! - Unknown keys are ignored, as every existing listener does.
+//! - gateway-lite's extension: a launcher that takes a `shutdown` writes [`SHUTDOWN_ACK`] back
+//!   before it closes the connection, promising to end the kernel within its grace period.
+//!   gateway-lite answers a DELETE on it; Enterprise Gateway closes its end right after the
+//!   write and never reads it, and a launcher that does not acknowledge is simply waited for.
 
 use serde_json::Value;
 
 /// Longest request accepted, in bytes. Real requests are under 40 bytes.
 pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// What a launcher writes back on the connection of a `shutdown` it took (see the module
+/// notes). A gateway reads at most [`SHUTDOWN_ACK_MAX`] bytes of an answer.
+pub const SHUTDOWN_ACK: &[u8] = b"{\"shutdown\": \"acknowledged\"}\n";
+
+/// The longest answer a gateway reads from a comm port.
+pub const SHUTDOWN_ACK_MAX: usize = 256;
 
 /// Highest signal number accepted (Linux real-time signals end at 64).
 pub const MAX_SIGNUM: i32 = 64;

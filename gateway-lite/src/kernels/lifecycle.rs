@@ -58,6 +58,42 @@ pub(super) struct Context {
     pub restart_limit: u32,
     /// Kernels' log files, with a state directory.
     pub logs: Option<Arc<KernelLogs>>,
+    /// How many owners are stopping their kernel (see [`Stopping`]).
+    pub stopping: Stopping,
+}
+
+/// The count of owners stopping their kernel. A DELETE is answered once the kernel has
+/// acknowledged its shutdown, while its owner still waits for the exit (and kills a kernel
+/// that does not exit); the gateway's exit waits for this count to reach zero before it
+/// cancels the tasks that follow launchers, so no kernel is left half-stopped.
+#[derive(Debug, Default)]
+pub(super) struct Stopping(tokio::sync::watch::Sender<usize>);
+
+/// One owner's stop, counted while it lives.
+struct StopGuard(tokio::sync::watch::Sender<usize>);
+
+impl Stopping {
+    fn enter(&self) -> StopGuard {
+        self.0.send_modify(|n| *n += 1);
+        StopGuard(self.0.clone())
+    }
+
+    /// Owners stopping their kernel now.
+    pub(super) fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Completes when no owner is stopping its kernel.
+    pub(super) async fn settled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Context {
@@ -144,7 +180,7 @@ pub(super) async fn start(ctx: Arc<Context>, mut req: StartRequest) {
             claim.take();
         }
         tracing::info!(kernel_id = %owner.kernel.id, "the client that asked for this kernel has gone; shutting it down");
-        owner.shutdown().await;
+        owner.shutdown(None).await;
         return;
     }
     owner.run().await;
@@ -309,12 +345,7 @@ impl Owner {
 
     async fn finish(mut self, end: End) {
         match end {
-            End::Shutdown(reply) => {
-                self.shutdown().await;
-                if let Some(r) = reply {
-                    let _ = r.send(());
-                }
-            }
+            End::Shutdown(reply) => self.shutdown(reply).await,
             End::Detach(reply) => {
                 self.incarnation.cancel();
                 tracing::info!(kernel_id = %self.kernel.id, "left running for the next gateway");
@@ -405,7 +436,7 @@ impl Owner {
             + 1;
         self.incarnation.cancel();
         if let Some(old) = self.process.take() {
-            stop::stop(&old, &kernel.id, true, self.ctx.launcher.grace).await;
+            stop::stop(&old, &kernel.id, true, self.ctx.launcher.grace, || {}).await;
             stop::kill_orphaned_group(&old, &kernel.id).await;
         }
         let job = Job {
@@ -509,18 +540,23 @@ impl Owner {
     }
 
     /// Stops the kernel and removes it. It leaves the registry first, so it is gone from the
-    /// listing at once, then its process is stopped.
-    async fn shutdown(&mut self) {
+    /// listing at once, then its process is stopped. `reply` (a DELETE's) is answered as soon
+    /// as the kernel has acknowledged its shutdown or exited; the wait for its exit, and the
+    /// kill of a kernel that does not exit, go on here. A kernel that does not acknowledge is
+    /// answered for once it is gone.
+    async fn shutdown(&mut self, mut reply: Option<oneshot::Sender<()>>) {
+        let _stopping = self.ctx.stopping.enter();
         let id = self.kernel.id.clone();
         let snapshot = self.ctx.registry.remove(&id);
         self.ctx.registry.persist(snapshot).await;
         self.incarnation.cancel();
         if let Some(p) = self.process.take() {
-            stop::stop(&p, &id, false, self.ctx.launcher.grace).await;
+            let kernel = &self.kernel;
+            let acknowledged = || gone(kernel, reply.take());
+            stop::stop(&p, &id, false, self.ctx.launcher.grace, acknowledged).await;
             stop::kill_orphaned_group(&p, &id).await;
         }
-        self.kernel.set_state(ExecutionState::Dead);
-        self.kernel.phase.send_replace(Phase::Gone);
+        gone(&self.kernel, reply.take());
         self.ctx
             .metrics
             .shutdowns
@@ -536,6 +572,17 @@ impl Owner {
             }
             None => tracing::info!(kernel_id = %id, "kernel shut down"),
         }
+    }
+}
+
+/// `kernel` is gone for its clients: shown dead, its relays closed, `reply` answered.
+fn gone(kernel: &Kernel, reply: Option<oneshot::Sender<()>>) {
+    kernel.set_state(ExecutionState::Dead);
+    if !matches!(*kernel.phase.borrow(), Phase::Gone) {
+        kernel.phase.send_replace(Phase::Gone);
+    }
+    if let Some(r) = reply {
+        let _ = r.send(());
     }
 }
 

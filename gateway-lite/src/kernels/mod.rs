@@ -101,6 +101,7 @@ impl Kernels {
             metrics: Arc::default(),
             restart_limit: rules.restart_limit,
             logs: logs.clone(),
+            stopping: lifecycle::Stopping::default(),
         });
         let kernels = Kernels { ctx, specs };
         kernels.restore().await;
@@ -301,10 +302,12 @@ impl Kernels {
     }
 
     /// The gateway exits: every kernel is shut down (`stop`) or left running for the next
-    /// gateway, its owner ended either way. Bounded by [`CLOSE_WAIT`].
+    /// gateway, its owner ended either way, and every stop already under way (a DELETE is
+    /// answered before its kernel has exited) has ended. Bounded by [`CLOSE_WAIT`].
     pub async fn close(&self, stop: bool) {
         let all = self.list();
         let n = all.len();
+        let stopping = &self.ctx.stopping;
         let each = all.into_iter().map(|k| async move {
             if stop {
                 let _ = k.ask(Command::Shutdown).await;
@@ -312,12 +315,18 @@ impl Kernels {
                 let _ = k.ask(Command::Detach).await;
             }
         });
-        if tokio::time::timeout(CLOSE_WAIT, futures_util::future::join_all(each))
-            .await
-            .is_err()
-        {
+        let all_closed = async {
+            futures_util::future::join_all(each).await;
+            let left = stopping.count();
+            if left > 0 {
+                tracing::info!(kernels = left, "waiting for kernels still stopping");
+            }
+            stopping.settled().await;
+        };
+        if tokio::time::timeout(CLOSE_WAIT, all_closed).await.is_err() {
             tracing::warn!(
                 kernels = n,
+                stopping = stopping.count(),
                 "not every kernel was closed within {CLOSE_WAIT:?}"
             );
         }

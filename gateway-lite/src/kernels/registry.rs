@@ -2,10 +2,11 @@
 //! what the state file says.
 //!
 //! One lock guards all three, so every change is seen whole: a launch's reservation turns
-//! into its kernel in one step (the limits never count it twice or not at all), and the
-//! state-file snapshot of a change is taken under the lock that made the change, numbered.
-//! [`StateStore::save`] writes a snapshot only if no newer one was written, so two changes
-//! racing to the disk can never leave the older one there.
+//! into its kernel in one step (the limits never count it twice or not at all), and every
+//! change is numbered under the lock that made it. [`StateStore::save_latest`] writes, one
+//! write at a time, the newest state unless a change as new was written already: two changes
+//! racing to the disk can never leave the older one there, and changes that pile up behind
+//! a write (100 DELETEs at once) are written together.
 //!
 //! The registry holds data only. Kernels are started, restarted and stopped by their owners
 //! ([`super::lifecycle`]), which report here.
@@ -36,11 +37,11 @@ struct Inner {
     seq: u64,
 }
 
-/// The state file's content after one change.
+/// One change to what the state file must hold: its number ([`Registry::persist`] writes
+/// the newest state, which includes it).
 #[derive(Debug)]
 pub(super) struct Snapshot {
     seq: u64,
-    records: Vec<KernelRecord>,
 }
 
 /// Every kernel of this gateway, the launches in flight, and the state file.
@@ -190,21 +191,22 @@ impl Registry {
 
     fn snapshot(inner: &mut Inner) -> Snapshot {
         inner.seq += 1;
-        Snapshot {
-            seq: inner.seq,
-            records: inner.records.values().cloned().collect(),
-        }
+        Snapshot { seq: inner.seq }
     }
 
-    /// Writes `snapshot` to the state file (off the runtime's workers), unless a newer one
-    /// was written already.
-    pub(super) async fn persist(&self, snapshot: Snapshot) {
+    /// Makes sure the state file holds `snapshot` or a newer state (off the runtime's
+    /// workers): changes waiting behind one write are written together, as the newest state.
+    pub(super) async fn persist(self: &Arc<Self>, snapshot: Snapshot) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let write = self
-            .tasks
-            .spawn_blocking(move || store.save(snapshot.seq, snapshot.records));
+        let registry = self.clone();
+        let write = self.tasks.spawn_blocking(move || {
+            store.save_latest(snapshot.seq, || {
+                let inner = registry.lock();
+                (inner.seq, inner.records.values().cloned().collect())
+            })
+        });
         match write.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("writing the state file: {e}"),
@@ -299,6 +301,5 @@ mod tests {
         let a = r.record("x", None);
         let b = r.remove("y");
         assert!(b.seq > a.seq);
-        assert!(b.records.is_empty());
     }
 }

@@ -16,6 +16,7 @@ mod specs;
 mod ssh;
 mod support;
 mod swarm;
+mod teardown;
 mod tls;
 mod trust;
 mod ws;

@@ -231,7 +231,8 @@ fn with_a_secret_only_signed_requests_are_obeyed() {
         br#"{"signum": 9}"#.to_vec(),
         signed::sign(&kill, b"not the secret", now(), &[1; 16]),
     ] {
-        comm_send(port, &stranger).unwrap();
+        // Refused, so not acknowledged either.
+        assert_eq!(comm_answer(port, &stranger), b"");
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(alive(pid), "a stranger's request reached the kernel");
@@ -267,11 +268,12 @@ fn with_a_secret_only_signed_requests_are_obeyed() {
         signum: None,
         shutdown: true,
     };
-    comm_send(
+    // Obeyed, and acknowledged on its connection (gateway-lite answers a DELETE on that).
+    let answer = comm_answer(
         port,
         &signed::sign(&shutdown, secret.as_bytes(), now(), &[3; 16]),
-    )
-    .unwrap();
+    );
+    assert_eq!(answer, protocol::comm::SHUTDOWN_ACK);
     assert_eq!(wait_code(&mut child), 0);
     assert!(!alive(pid));
 }

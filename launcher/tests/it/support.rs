@@ -119,6 +119,20 @@ pub fn comm_send(port: u16, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Sends one raw request to a comm port and reads the launcher's answer until it closes
+/// (empty for every request but a `shutdown` it obeys).
+pub fn comm_answer(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the comm port listens");
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("the launcher closes the connection");
+    answer
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
