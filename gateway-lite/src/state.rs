@@ -66,6 +66,10 @@ pub struct KernelRecord {
     /// Enterprise Gateway's launchers and in state files of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_secret: Option<String>,
+    /// The warm pool (its kernelspec name) the kernel idles in, unclaimed; absent once a
+    /// request claimed it (and for every kernel started for a request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -7,6 +7,11 @@
 //! [`StateStore::save`] writes a snapshot only if no newer one was written, so two changes
 //! racing to the disk can never leave the older one there.
 //!
+//! Warm pools live here too: a pooled kernel is recorded (the state file keeps it across a
+//! gateway restart) but is no kernel of anyone's yet. It is not listed, counts against no
+//! limit and cannot be culled, until [`Registry::claim`] moves it, under the same lock as
+//! the limit check, from its pool to the kernels.
+//!
 //! The registry holds data only. Kernels are started, restarted and stopped by their owners
 //! ([`super::lifecycle`]), which report here.
 
@@ -32,6 +37,8 @@ struct Inner {
     kernels: BTreeMap<String, Arc<Kernel>>,
     records: BTreeMap<String, KernelRecord>,
     in_flight: InFlight,
+    /// Unclaimed pooled kernels per kernelspec name, oldest first.
+    pooled: BTreeMap<String, Vec<Arc<Kernel>>>,
     /// Number of the latest change.
     seq: u64,
 }
@@ -120,11 +127,7 @@ impl Registry {
     pub(super) fn reserve(self: &Arc<Self>, user: &str) -> Result<Reservation, LimitError> {
         let mut inner = self.lock();
         let total = inner.kernels.len() + inner.in_flight.total;
-        let mine = inner
-            .kernels
-            .values()
-            .filter(|k| k.username == user)
-            .count()
+        let mine = inner.kernels.values().filter(|k| k.is_users(user)).count()
             + inner.in_flight.by_user.get(user).copied().unwrap_or(0);
         policy::admit(&self.limits, total, mine, user)?;
         inner.in_flight.total += 1;
@@ -149,6 +152,78 @@ impl Registry {
         Self::put(&mut inner, kernel, record)
     }
 
+    /// Puts a started kernel into the pool of its kernelspec, recorded as `record`.
+    pub(super) fn pool(&self, kernel: Arc<Kernel>, mut record: KernelRecord) -> Snapshot {
+        let mut inner = self.lock();
+        record.pool = Some(kernel.name.clone());
+        inner.records.insert(kernel.id.clone(), record);
+        inner
+            .pooled
+            .entry(kernel.name.clone())
+            .or_default()
+            .push(kernel);
+        Self::snapshot(&mut inner)
+    }
+
+    /// Hands a ready pooled kernel of spec `name` to a request of `user` with `env`, if the
+    /// pool has one and the limits admit it: it leaves the pool and becomes the request's
+    /// kernel in one step. `Ok(None)`: no ready kernel in the pool.
+    pub(super) fn claim(
+        &self,
+        name: &str,
+        user: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<(Arc<Kernel>, Snapshot)>, LimitError> {
+        let mut inner = self.lock();
+        let Some(at) = inner
+            .pooled
+            .get(name)
+            .and_then(|p| p.iter().position(|k| k.is_ready()))
+        else {
+            return Ok(None);
+        };
+        let total = inner.kernels.len() + inner.in_flight.total;
+        let mine = inner.kernels.values().filter(|k| k.is_users(user)).count()
+            + inner.in_flight.by_user.get(user).copied().unwrap_or(0);
+        policy::admit(&self.limits, total, mine, user)?;
+        let kernel = inner
+            .pooled
+            .get_mut(name)
+            .map(|p| p.remove(at))
+            .expect("the position was found under this lock");
+        kernel.claimed_with(env.clone());
+        if let Some(r) = inner.records.get_mut(&kernel.id) {
+            r.pool = None;
+            r.env = env.clone();
+        }
+        inner.kernels.insert(kernel.id.clone(), kernel.clone());
+        Ok(Some((kernel, Self::snapshot(&mut inner))))
+    }
+
+    /// Takes kernel `id` out of its pool, if it is still there (unclaimed).
+    pub(super) fn unpool(&self, id: &str) -> Option<Arc<Kernel>> {
+        let mut inner = self.lock();
+        Self::take_pooled(&mut inner, id)
+    }
+
+    fn take_pooled(inner: &mut Inner, id: &str) -> Option<Arc<Kernel>> {
+        inner.pooled.values_mut().find_map(|p| {
+            let at = p.iter().position(|k| k.id == id)?;
+            Some(p.remove(at))
+        })
+    }
+
+    /// The unclaimed pooled kernels of spec `name` (`None`: of every pool).
+    pub(super) fn pooled(&self, name: Option<&str>) -> Vec<Arc<Kernel>> {
+        let inner = self.lock();
+        inner
+            .pooled
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|name| name == n.as_str()))
+            .flat_map(|(_, p)| p.iter().cloned())
+            .collect()
+    }
+
     /// Adds a kernel re-attached from the state file.
     pub(super) fn restored(&self, kernel: Arc<Kernel>, record: KernelRecord) -> Snapshot {
         Self::put(&mut self.lock(), kernel, record)
@@ -165,7 +240,8 @@ impl Registry {
     pub(super) fn record(&self, id: &str, record: Option<KernelRecord>) -> Snapshot {
         let mut inner = self.lock();
         match record {
-            Some(r) if inner.kernels.contains_key(id) => {
+            Some(mut r) if inner.kernels.contains_key(id) || inner.records.contains_key(id) => {
+                r.pool = inner.records.get(id).and_then(|old| old.pool.clone());
                 inner.records.insert(id.to_owned(), r);
             }
             _ => {
@@ -179,6 +255,7 @@ impl Registry {
     pub(super) fn remove(&self, id: &str) -> Snapshot {
         let mut inner = self.lock();
         inner.kernels.remove(id);
+        Self::take_pooled(&mut inner, id);
         inner.records.remove(id);
         Self::snapshot(&mut inner)
     }
