@@ -31,6 +31,8 @@ pub struct Gauges {
     pub payloads_refused: Vec<(&'static str, u64)>,
     /// The warm pools.
     pub pools: Vec<PoolGauge>,
+    /// Pooled launches running now (bounded by `--pool-refill-concurrency`).
+    pub pool_refills_in_flight: u64,
 }
 
 /// One warm pool at scrape time.
@@ -261,7 +263,8 @@ impl Metrics {
             get(&self.start_micros) as f64 / 1e6
         );
         let _ = writeln!(out, "gateway_lite_kernel_start_seconds_count {count}");
-        self.pool.render(&mut out, &gauges.pools);
+        self.pool
+            .render(&mut out, &gauges.pools, gauges.pool_refills_in_flight);
         if let Some(rss) = resident_bytes() {
             head(
                 &mut out,
@@ -278,7 +281,7 @@ impl Metrics {
 impl PoolCounters {
     /// The pool lines: per pool its size, ready and starting kernels; the claims by outcome;
     /// refills, their failures and time; deaths of unclaimed kernels.
-    fn render(&self, out: &mut String, pools: &[PoolGauge]) {
+    fn render(&self, out: &mut String, pools: &[PoolGauge], in_flight: u64) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for (name, help, pick) in [
             (
@@ -307,6 +310,13 @@ impl PoolCounters {
                 );
             }
         }
+        head(
+            out,
+            "gateway_lite_pool_refills_in_flight",
+            "gauge",
+            "Pooled kernel launches running now (at most --pool-refill-concurrency).",
+        );
+        let _ = writeln!(out, "gateway_lite_pool_refills_in_flight {in_flight}");
         head(
             out,
             "gateway_lite_pool_requests_total",

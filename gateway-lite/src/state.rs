@@ -296,6 +296,7 @@ mod tests {
                 log_file: None,
             },
             launch_secret: Some("s".repeat(64)),
+            pool: None,
         }
     }
 
@@ -312,8 +313,17 @@ mod tests {
         let dir = temp_dir("rt");
         let s = StateStore::open(&dir).unwrap();
         assert!(s.load().unwrap().is_empty());
-        s.save(1, vec![record("a"), record("b")]).unwrap();
-        assert_eq!(s.load().unwrap(), vec![record("a"), record("b")]);
+        let pooled = KernelRecord {
+            pool: Some("python3".into()),
+            ..record("p")
+        };
+        s.save(1, vec![record("a"), record("b"), pooled.clone()])
+            .unwrap();
+        assert_eq!(
+            s.load().unwrap(),
+            vec![record("a"), record("b"), pooled],
+            "a pooled kernel comes back pooled"
+        );
         s.save(3, vec![record("b")]).unwrap();
         assert_eq!(s.load().unwrap(), vec![record("b")]);
         // An older snapshot that reaches the disk late is not written over a newer one.

@@ -460,6 +460,7 @@ impl Kernels {
             tasks: self.ctx.tasks.len() as u64,
             payloads_refused: self.ctx.launcher.response.refusals().counts(),
             pools: self.pool_gauges(),
+            pool_refills_in_flight: self.ctx.pool.refills_in_flight() as u64,
             ..Gauges::default()
         };
         for k in &kernels {

@@ -48,6 +48,7 @@ const USERNAME: &str = "KERNEL_USERNAME";
 pub(super) struct Pool {
     sizes: BTreeMap<String, usize>,
     refill: Arc<Semaphore>,
+    concurrency: usize,
     /// Pooled launches in flight (or backing off) per kernelspec.
     launching: Mutex<BTreeMap<String, usize>>,
     /// Consecutive failed launches per kernelspec.
@@ -60,6 +61,7 @@ impl Pool {
         Pool {
             sizes: config.sizes.clone(),
             refill: Arc::new(Semaphore::new(config.refill_concurrency.max(1))),
+            concurrency: config.refill_concurrency.max(1),
             launching: Mutex::default(),
             failures: Mutex::default(),
             wake: Notify::new(),
@@ -74,6 +76,12 @@ impl Pool {
     /// The configured pools.
     pub(super) fn sizes(&self) -> &BTreeMap<String, usize> {
         &self.sizes
+    }
+
+    /// Pooled launches running now.
+    pub(super) fn refills_in_flight(&self) -> usize {
+        self.concurrency
+            .saturating_sub(self.refill.available_permits())
     }
 
     /// Something changed (a claim, a death): the keeper looks again.

@@ -370,6 +370,111 @@ mod tests {
         assert_eq!(r.reservations(), 0, "every reservation is released");
     }
 
+    fn kernel(id: &str) -> (Arc<Kernel>, KernelRecord) {
+        use super::super::kernel::Parts;
+        use crate::channels::KernelEndpoints;
+        use crate::kernelspecs::KernelSpec;
+        use protocol::connection::ConnectionInfo;
+        let info: ConnectionInfo = serde_json::from_value(serde_json::json!({
+            "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4,
+            "hb_port": 5, "ip": "127.0.0.1", "key": "k"
+        }))
+        .unwrap();
+        let (k, _commands) = Kernel::new(Parts {
+            id: id.into(),
+            spec: KernelSpec::embedded_python3(),
+            env: BTreeMap::new(),
+            timeout: std::time::Duration::from_secs(1),
+            endpoints: Arc::new(KernelEndpoints {
+                info: info.clone(),
+                host: "127.0.0.1".into(),
+                signer: protocol::wire::Signer::new(b"k"),
+                comm_port: None,
+                pid: None,
+                pgid: None,
+                generation: 1,
+                secret: None,
+            }),
+            budget: Arc::new(KeptBudget::new(1024)),
+        });
+        let record = KernelRecord {
+            id: id.into(),
+            name: k.name.clone(),
+            env: BTreeMap::new(),
+            launch_timeout_secs: 1.0,
+            generation: 1,
+            connection: info,
+            host: "127.0.0.1".into(),
+            comm_port: None,
+            pid: None,
+            pgid: None,
+            placement: crate::provisioner::Placement::Local {
+                pid: 1,
+                start_time: 1,
+                log_file: None,
+            },
+            launch_secret: None,
+            pool: None,
+        };
+        (k, record)
+    }
+
+    /// A claim takes only a ready pooled kernel, checks the limits under the same lock, and
+    /// makes the kernel the claimer's (listed, counted, recorded as no longer pooled).
+    #[test]
+    fn claims_take_ready_pooled_kernels_within_the_limits() {
+        let r = registry(Limits {
+            max_kernels: None,
+            max_kernels_per_user: Some(1),
+        });
+        let ada = BTreeMap::from([("KERNEL_USERNAME".to_owned(), "ada".to_owned())]);
+        assert!(
+            r.claim("python3", "ada", &ada).unwrap().is_none(),
+            "empty pool"
+        );
+        let (a, rec) = kernel("a");
+        let pooled = r.pool(a.clone(), rec);
+        assert_eq!(pooled.records[0].pool.as_deref(), Some("python3"));
+        assert!(r.list().is_empty(), "a pooled kernel is not listed");
+        assert!(
+            r.claim("python3", "ada", &ada).unwrap().is_none(),
+            "not ready yet"
+        );
+        a.mark_ready(1);
+        assert!(
+            r.claim("other", "ada", &ada).unwrap().is_none(),
+            "other spec"
+        );
+        let (got, snapshot) = r.claim("python3", "ada", &ada).unwrap().unwrap();
+        assert_eq!(got.id, "a");
+        assert!(got.is_users("ada"));
+        assert_eq!(got.env(), ada);
+        assert_eq!(snapshot.records[0].pool, None);
+        assert_eq!(snapshot.records[0].env, ada);
+        assert_eq!(r.list().len(), 1);
+        assert!(r.pooled(None).is_empty());
+        // The claimed kernel counts for ada now: her next claim is refused, bob's is not.
+        let (b, rec) = kernel("b");
+        b.mark_ready(1);
+        r.pool(b, rec);
+        assert!(matches!(
+            r.claim("python3", "ada", &ada),
+            Err(LimitError::PerUser { .. })
+        ));
+        assert_eq!(
+            r.pooled(Some("python3")).len(),
+            1,
+            "a refused claim takes nothing"
+        );
+        assert!(r.unpool("b").is_some());
+        assert!(r.unpool("b").is_none(), "taken once");
+        assert!(
+            r.claim("python3", "bob", &BTreeMap::new())
+                .unwrap()
+                .is_none()
+        );
+    }
+
     #[test]
     fn snapshots_are_numbered_in_order() {
         let r = registry(Limits::default());

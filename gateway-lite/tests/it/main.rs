@@ -8,6 +8,7 @@ mod generated;
 mod leave;
 mod logs;
 mod policy;
+mod pool;
 mod resources;
 mod shape;
 mod soak;
