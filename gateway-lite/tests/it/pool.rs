@@ -465,3 +465,66 @@ async fn a_pool_survives_a_gateway_restart() {
     })
     .await;
 }
+
+/// The labelled containers' kernel ids (Docker provisioner).
+fn container_kernels(env: &crate::docker::DockerEnv) -> BTreeSet<String> {
+    let (ok, out, err) = crate::docker::docker(&[
+        "ps",
+        "--filter",
+        &format!("label={}", env.label),
+        "--format",
+        "{{.Label \"kernel_id\"}}",
+    ]);
+    assert!(ok, "docker ps: {err}");
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_pool_is_claimed_clean_and_replaces_a_killed_container() {
+    let env = crate::docker::DockerEnv::new();
+    let gw = env.gateway(&["--pool", "docker_py=1"]);
+    wait_ready(&gw, "docker_py", 1.0).await;
+    let first = container_kernels(&env);
+    assert_eq!(first.len(), 1, "one pooled container: {first:?}");
+
+    // A pooled container that is killed is replaced by a new one.
+    let victim = first.iter().next().unwrap().clone();
+    let c = env
+        .container(&victim)
+        .expect("the pooled kernel's container");
+    let (ok, _, err) = crate::docker::docker(&["kill", c["Id"].as_str().unwrap()]);
+    assert!(ok, "docker kill: {err}");
+    eventually("the killed container replaced", async || {
+        let now = container_kernels(&env);
+        (now.len() == 1 && !now.contains(&victim), now)
+    })
+    .await;
+    wait_ready(&gw, "docker_py", 1.0).await;
+    assert_eq!(metric(&gw, "gateway_lite_pool_deaths_total ").await, 1.0);
+    let pooled = container_kernels(&env);
+
+    // Claimed with a user: the pooled container, clean; the pool starts another.
+    let id = claim(
+        &gw,
+        json!({"name": "docker_py", "env": {"KERNEL_USERNAME": "ada"}}),
+    )
+    .await;
+    assert!(pooled.contains(&id), "{id} not in {pooled:?}");
+    assert_fresh(&gw, &id).await;
+    eventually("the pool refilled", async || {
+        let now = container_kernels(&env);
+        (now.len() == 2, now)
+    })
+    .await;
+    wait_ready(&gw, "docker_py", 1.0).await;
+    let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    eventually("the claimed container removed", async || {
+        let now = container_kernels(&env);
+        (!now.contains(&id), now)
+    })
+    .await;
+}
