@@ -35,6 +35,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a refill waits for its kernel to answer `kernel_info` before it counts as ready
 /// anyway (the monitor keeps probing; a claim takes only kernels that answered).
 const READY_WAIT: Duration = Duration::from_secs(120);
+/// How long a refill waits before it launches. A claim wakes the keeper at the moment its
+/// client connects to the claimed kernel and sends its first requests; a refill launched at
+/// that same moment (a launcher and a kernel interpreter starting) would take the CPU from
+/// them. A pool that runs dry is refilled this much later, which nobody waits for.
+const REFILL_DELAY: Duration = Duration::from_millis(250);
 /// How often the keeper looks even when nothing woke it (a safety net, not the mechanism).
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
@@ -205,7 +210,10 @@ impl Kernels {
     async fn refill(self, name: String) {
         let pool = self.ctx.pool.clone();
         let permit = tokio::select! {
-            p = pool.refill.clone().acquire_owned() => p,
+            p = async {
+                tokio::time::sleep(REFILL_DELAY).await;
+                pool.refill.clone().acquire_owned().await
+            } => p,
             () = self.ctx.tasks.closing().cancelled() => {
                 pool.add_launching(&name, -1);
                 return;
