@@ -12,8 +12,10 @@ processes serve it: one with `--pool NAME=1`, one without. Per run, on each:
   on demand  the same client steps on the gateway without a pool (t=0 is the POST: the launch,
              spark-submit and the context's start are all inside the figure).
 Printed: medians (min-max) over the runs of POST -> kernel_info_reply and POST -> count done.
-The pool refills while the claimed kernel runs its first cell (another spark-submit on the same
-cores): that is part of the figure.
+The pool's refill (another spark-submit and driver JVM) waits --refill-delay seconds (default
+30, gateway-lite's --pool-refill-delay) so it does not run while the claimed kernel runs its
+first job on the same cores; with the gateway's default 0.25 s it does, which on 2 cores
+costs that first job about as much time as the pool saved.
 
 Usage: spark_pool_bench.py --launcher PATH [--runs N]   (tests/ on PYTHONPATH, venv-eg python)
 """
@@ -68,7 +70,8 @@ def wait_for(what: str, check, timeout: float = WAIT):
 
 
 class Gateway:
-    def __init__(self, gateway: str, launcher: str, specs: Path, work: Path, marker: str, pool: bool):
+    def __init__(self, gateway: str, launcher: str, specs: Path, work: Path, marker: str, pool: bool,
+                 refill_delay: str):
         self.token = uuid.uuid4().hex
         self.state = work / "state"
         env = isolated_env(work, marker)
@@ -77,7 +80,7 @@ class Gateway:
                "--state-dir", str(self.state), "--kernel-env", "SPARK_LOCAL_IP,KL_E2E_SERVER",
                "--shutdown-kernels-on-exit", "--kernel-log-retention", "600"]  # fmt: skip
         if pool:
-            cmd += ["--pool", f"{SPEC}=1"]
+            cmd += ["--pool", f"{SPEC}=1", "--pool-refill-delay", refill_delay]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(work / "gateway-lite.log", "w"),
                                      stdin=subprocess.DEVNULL, env=env, text=True, start_new_session=True)  # fmt: skip
         line = self.proc.stdout.readline()
@@ -129,6 +132,9 @@ def main() -> None:
     ap.add_argument("--launcher", required=True)
     ap.add_argument("--gateway", default=str(REPO / "target/release/gateway-lite"))
     ap.add_argument("--runs", type=int, default=3)
+    # The refill (another spark-submit and driver JVM) would start while the claimed kernel runs
+    # its first Spark job; on 2 cores that doubles the job's time, so it waits this long.
+    ap.add_argument("--refill-delay", default="30")
     a = ap.parse_args()
     env = load_env()
     work = Path(tempfile.mkdtemp(prefix="spark-pool-bench-"))
@@ -146,7 +152,7 @@ def main() -> None:
         for label, pooled in (("gateway-lite, pooled", True), ("gateway-lite, on demand", False)):
             d = work / ("pooled" if pooled else "on-demand")
             d.mkdir()
-            gw = Gateway(a.gateway, a.launcher, specs, d, marker, pooled)
+            gw = Gateway(a.gateway, a.launcher, specs, d, marker, pooled, a.refill_delay)
             try:
                 for i in range(a.runs):
                     r = one_run(gw, pooled)
@@ -164,7 +170,8 @@ def main() -> None:
     def med(xs):
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
-    print(f"\n# pooled Spark kernel (spark-local, lazy, pyspark 4.3) through gateway-lite; {a.runs} runs, "
+    print(f"\n# pooled Spark kernel (spark-local, lazy, pyspark 4.3) through gateway-lite "
+          f"(--pool-refill-delay {a.refill_delay}); {a.runs} runs, "
           f"median (min-max) seconds from the POST; loadavg {os.getloadavg()[0]:.1f}")
     print(f"{'':28}{'POST -> kernel_info_reply':>28}{'POST -> count() done':>26}")
     for label, rs in rows.items():

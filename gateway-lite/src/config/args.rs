@@ -314,4 +314,13 @@ pub(super) struct Args {
         default_value_t = 2
     )]
     pub(super) pool_refill_concurrency: usize,
+    /// Seconds a refill waits before it launches, so it does not compete with the claimed
+    /// kernel's first work (e.g. a Spark kernel's first job on a small machine).
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_POOL_REFILL_DELAY",
+        default_value = "0.25",
+        allow_negative_numbers = true
+    )]
+    pub(super) pool_refill_delay: String,
 }

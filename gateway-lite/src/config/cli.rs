@@ -184,7 +184,19 @@ fn from_parsed(
         connected: args.cull_connected,
         busy: args.cull_busy,
     });
-    let pools = parse_pools(&args.pools, args.pool_refill_concurrency)?;
+    let mut pools = parse_pools(&args.pools, args.pool_refill_concurrency)?;
+    pools.refill_delay = match args.pool_refill_delay.trim().parse::<f64>() {
+        Ok(0.0) => Duration::ZERO,
+        _ => parse_secs(&args.pool_refill_delay)
+            .filter(|d| *d <= Duration::from_secs(3600))
+            .ok_or_else(|| ConfigError {
+                option: "--pool-refill-delay (env GATEWAY_LITE_POOL_REFILL_DELAY)",
+                problem: format!(
+                    "{:?} is not a number of seconds from 0 to 3600; use e.g. 0.25",
+                    args.pool_refill_delay
+                ),
+            })?,
+    };
     let launcher = match args.launcher {
             Some(path) => {
                 if !path.is_file() {
@@ -284,6 +296,7 @@ fn parse_pools(given: &[String], concurrency: usize) -> Result<Pools, ConfigErro
     Ok(Pools {
         sizes,
         refill_concurrency: concurrency,
+        refill_delay: Duration::ZERO,
     })
 }
 
@@ -424,6 +437,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert!(c.pools.sizes.is_empty());
         assert_eq!(c.pools.refill_concurrency, 2);
+        assert_eq!(c.pools.refill_delay, Duration::from_millis(250));
         let c = parse(&[
             "--pool",
             "python3=4",
@@ -431,8 +445,11 @@ mod tests {
             "spark_python=1,r=2",
             "--pool-refill-concurrency",
             "3",
+            "--pool-refill-delay",
+            "30",
         ])
         .unwrap();
+        assert_eq!(c.pools.refill_delay, Duration::from_secs(30));
         let sizes: Vec<_> = c
             .pools
             .sizes
@@ -453,6 +470,9 @@ mod tests {
                 &["--pool-refill-concurrency", "0"][..],
                 "--pool-refill-concurrency",
             ),
+            (&["--pool-refill-delay", "-1"][..], "--pool-refill-delay"),
+            (&["--pool-refill-delay", "soon"][..], "--pool-refill-delay"),
+            (&["--pool-refill-delay", "7200"][..], "--pool-refill-delay"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.option.starts_with(option), "{args:?}: {e}");

@@ -375,6 +375,8 @@ pub struct Pools {
     pub sizes: std::collections::BTreeMap<String, usize>,
     /// Pooled launches at once across all pools (at least 1).
     pub refill_concurrency: usize,
+    /// How long a refill waits before it launches.
+    pub refill_delay: Duration,
 }
 
 /// Variables of the gateway's environment every local kernel gets (`PREFIX*` for a prefix):

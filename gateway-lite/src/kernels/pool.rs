@@ -35,11 +35,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a refill waits for its kernel to answer `kernel_info` before it counts as ready
 /// anyway (the monitor keeps probing; a claim takes only kernels that answered).
 const READY_WAIT: Duration = Duration::from_secs(120);
-/// How long a refill waits before it launches. A claim wakes the keeper at the moment its
-/// client connects to the claimed kernel and sends its first requests; a refill launched at
-/// that same moment (a launcher and a kernel interpreter starting) would take the CPU from
-/// them. A pool that runs dry is refilled this much later, which nobody waits for.
-const REFILL_DELAY: Duration = Duration::from_millis(250);
 /// How often the keeper looks even when nothing woke it (a safety net, not the mechanism).
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
@@ -54,6 +49,11 @@ pub(super) struct Pool {
     sizes: BTreeMap<String, usize>,
     refill: Arc<Semaphore>,
     concurrency: usize,
+    /// How long a refill waits before it launches (`--pool-refill-delay`). A claim wakes the
+    /// keeper at the moment its client connects to the claimed kernel and sends its first
+    /// requests; a refill launched at that same moment (a launcher and a kernel interpreter,
+    /// for Spark a driver JVM, starting) would take the CPU from them.
+    delay: Duration,
     /// Pooled launches in flight (or backing off) per kernelspec.
     launching: Mutex<BTreeMap<String, usize>>,
     /// Consecutive failed launches per kernelspec.
@@ -67,6 +67,7 @@ impl Pool {
             sizes: config.sizes.clone(),
             refill: Arc::new(Semaphore::new(config.refill_concurrency.max(1))),
             concurrency: config.refill_concurrency.max(1),
+            delay: config.refill_delay,
             launching: Mutex::default(),
             failures: Mutex::default(),
             wake: Notify::new(),
@@ -211,7 +212,7 @@ impl Kernels {
         let pool = self.ctx.pool.clone();
         let permit = tokio::select! {
             p = async {
-                tokio::time::sleep(REFILL_DELAY).await;
+                tokio::time::sleep(pool.delay).await;
                 pool.refill.clone().acquire_owned().await
             } => p,
             () = self.ctx.tasks.closing().cancelled() => {
