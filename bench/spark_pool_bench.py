@@ -101,17 +101,18 @@ class Gateway:
         kill_tree(self.proc, grace=60)
 
 
-def one_run(gw: Gateway, pooled: bool) -> dict:
+def one_run(gw: Gateway, pooled: bool, seen: set[str]) -> dict:
+    """One claim (or on-demand start) and its first count(); `seen`: kernel ids used before."""
     if pooled:
         wait_for("a ready pooled kernel", lambda: gw.metric(f'gateway_lite_pool_ready{{kernel_name="{SPEC}"}}') == 1)
-        # The pooled kernel is the one not yet claimed (listed kernels are claimed ones).
-        listed = {k["id"] for k in requests.get(f"{gw.base}/api/kernels", headers=gw.rest.headers, timeout=30).json()}
-        wait_for("the pooled kernel's SparkContext up", lambda: gw.logs_with("Initialized BlockManager") - listed)
+        # The pooled kernel is the one whose log is new; its context is up once the log says so.
+        wait_for("the pooled kernel's SparkContext up", lambda: gw.logs_with("Initialized BlockManager") - seen)
     t0 = time.monotonic()
     r = gw.rest.start_kernel(SPEC, {"KERNEL_USERNAME": "bench"})
     if r.status_code != 201:
         raise RuntimeError(f"POST: HTTP {r.status_code}: {r.text[:500]}")
     kid = r.json()["id"]
+    seen.add(kid)
     ch = gw.rest.channels(kid)
     try:
         ch.kernel_info(timeout=WAIT)
@@ -148,19 +149,21 @@ def main() -> None:
     marker = f"spark-pool-bench-{uuid.uuid4().hex}"
     rows: dict[str, list[dict]] = {"gateway-lite, pooled": [], "gateway-lite, on demand": []}
     log(f"work dir {work}")
+    gateways = {}
     try:
         for label, pooled in (("gateway-lite, pooled", True), ("gateway-lite, on demand", False)):
             d = work / ("pooled" if pooled else "on-demand")
             d.mkdir()
-            gw = Gateway(a.gateway, a.launcher, specs, d, marker, pooled, a.refill_delay)
-            try:
-                for i in range(a.runs):
-                    r = one_run(gw, pooled)
-                    log(f"{label} run {i + 1}: kernel_info {r['info_s'] * 1000:.0f} ms, count done {r['count_s']:.2f} s")
-                    rows[label].append(r)
-            finally:
-                gw.stop()
+            gateways[label] = (Gateway(a.gateway, a.launcher, specs, d, marker, pooled, a.refill_delay), pooled, set())
+        # Interleaved round by round, so both see the same machine.
+        for i in range(a.runs):
+            for label, (gw, pooled, seen) in gateways.items():
+                r = one_run(gw, pooled, seen)
+                log(f"{label} run {i + 1}: kernel_info {r['info_s'] * 1000:.0f} ms, count done {r['count_s']:.2f} s")
+                rows[label].append(r)
     finally:
+        for gw, _, _ in gateways.values():
+            gw.stop()
         for pid in pids_with_env("KL_E2E_SERVER", marker):
             try:
                 os.kill(pid, 9)
