@@ -528,3 +528,35 @@ async fn a_docker_pool_is_claimed_clean_and_replaces_a_killed_container() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_pool_is_claimed_clean_on_a_remote_host() {
+    let hosts = crate::ssh::Hosts::start();
+    let gw = Gateway::start(Options {
+        args: hosts.args(&["--pool", "dist=1"]),
+        ..Options::default()
+    });
+    wait_ready(&gw, "dist", 1.0).await;
+    let id = claim(
+        &gw,
+        json!({"name": "dist", "env": {"KERNEL_USERNAME": "ada"}}),
+    )
+    .await;
+    assert_eq!(requests(&gw, "hit").await, 1.0);
+    // It runs on one of the SSH hosts (index_of panics for any other namespace).
+    let ns = crate::ssh::kernel_ns(&gw, &id).await;
+    hosts.index_of(&ns);
+    // kernel_ns ran one cell: the claimed kernel's count goes on from there, and nothing of
+    // the pool's time is in its history.
+    let mut c = gw.connect(&id, true).await;
+    let h = history(&mut c).await;
+    assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
+    assert!(
+        h[0][2].as_str().unwrap_or_default().contains("readlink"),
+        "{h}"
+    );
+    wait_ready(&gw, "dist", 1.0).await;
+    let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
+    assert_eq!(status, 204, "{body}");
+    crate::ssh::wait_gone(&id).await;
+}
