@@ -57,7 +57,9 @@ Usage (from bench/gateway.sh, which puts tests/ on PYTHONPATH for the shared hel
 Environment knobs: GATEWAY_BENCH_JSON (raw results, default /tmp/gateway-bench-<time>.json),
 GATEWAY_BENCH_N (500), GATEWAY_BENCH_WARMUP (50), GATEWAY_BENCH_LAUNCHES (5),
 GATEWAY_BENCH_STORMS ("20,100"), GATEWAY_BENCH_EG_POLLS ("default,0.05"; "" = no EG),
-GATEWAY_BENCH_LAUNCH_TIMEOUT (300).
+GATEWAY_BENCH_LAUNCH_TIMEOUT (300), GATEWAY_BENCH_POOL (20: a gateway-lite with --pool kl=20 is
+measured too, and every gateway runs a storm of 20 POSTs that each execute a cell; 0 = none;
+method in bench/gateway_pool_bench.py).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ import requests
 import zmq
 from jupyter_client.session import Session
 
+import gateway_pool_bench as pool_bench
+
 from support.kernels import (
     JupyterRest,
     _all_pids,
@@ -102,11 +106,16 @@ LAUNCH_TIMEOUT = os.environ.get("GATEWAY_BENCH_LAUNCH_TIMEOUT", "300")
 HTTP_TIMEOUT = float(LAUNCH_TIMEOUT) + 60
 STORM_INFO_TIMEOUT = 120
 SPEC = "kl"
+POOL = int(os.environ.get("GATEWAY_BENCH_POOL", "20"))
+POOL_LABEL = "gateway-lite pool"
 
 MARKER = uuid.uuid4().hex
 # KERNEL_* request env reaches the kernel's environment through both gateways (EG does not pass
 # its own environment on to kernels), so it marks every launcher and kernel of this run.
 KENV = {"KERNEL_USERNAME": "bench", "KERNEL_LAUNCH_TIMEOUT": LAUNCH_TIMEOUT, "KERNEL_BENCH_RUN": MARKER}
+# A request a pooled kernel can serve (no KERNEL_* that changes the launch); the pooled gateway's
+# kernels carry the marker through --kernel-env GATEWAY_BENCH_RUN instead.
+KENV_POOLED = {"KERNEL_USERNAME": "bench", "KERNEL_LAUNCH_TIMEOUT": LAUNCH_TIMEOUT}
 _gateways: list[subprocess.Popen] = []
 
 
@@ -240,8 +249,9 @@ class Gateway:
 
 
 class GatewayLite(Gateway):
-    def __init__(self, binary: str, launcher: str, specs: Path, work: Path):
-        self.label = "gateway-lite"
+    def __init__(self, binary: str, launcher: str, specs: Path, work: Path, extra: tuple[str, ...] = (),
+                 label: str = "gateway-lite"):
+        self.label = label
         self.log = work / "gateway-lite.log"
         # A token, as every gateway-lite has one (through its environment, not its argv).
         self.token = uuid.uuid4().hex
@@ -249,7 +259,7 @@ class GatewayLite(Gateway):
                    JUPYTER_RUNTIME_DIR=str(work / "rt"), GATEWAY_LITE_AUTH_TOKEN=self.token)
         self.proc = subprocess.Popen(
             [binary, "--port", "0", "--kernelspec-dir", str(specs), "--launcher", launcher,
-             "--default-kernel-name", SPEC],
+             "--default-kernel-name", SPEC, *extra],
             stdout=subprocess.PIPE, stderr=open(self.log, "w"), env=env, text=True, start_new_session=True)
         _gateways.append(self.proc)
         line = self.proc.stdout.readline()
@@ -573,6 +583,18 @@ def run_gateway(gw: Gateway, res: dict) -> None:
     for n in STORMS:
         log(f"{gw.label}: storm of {n}")
         res["storms"][str(n)] = storm(gw, n, rss_after=(n == 20))
+    if POOL:
+        log(f"{gw.label}: storm of {POOL} with a cell each")
+        res["storm_exec"] = pool_bench.storm_execute(gw, SPEC, POOL, KENV, log)
+
+
+def run_pool(gw: Gateway, res: dict) -> None:
+    """The pooled gateway: pooled launches and the storm with a cell each (gateway_pool_bench)."""
+    res["gateway"] = gw.label
+    log(f"{gw.label}: pooled launches")
+    res["pool_launch"] = pool_bench.pooled_launches(gw, SPEC, POOL, KENV_POOLED, log)
+    log(f"{gw.label}: storm of {POOL} with a cell each")
+    res["storm_exec"] = pool_bench.storm_execute(gw, SPEC, POOL, KENV_POOLED, log, pool_size=POOL)
 
 
 # ----------------------------------------------------------------------------- report
@@ -619,7 +641,7 @@ def fmt(v: float, spec: str) -> str:
 
 
 def report(all_reps: list[dict[str, dict]]) -> dict[str, dict]:
-    labels = list(all_reps[0].keys())
+    labels = [lab for lab in all_reps[0] if lab != POOL_LABEL]
     med: dict[str, dict] = {}
     for lab in labels:
         rows = [summarize(rep[lab]) for rep in all_reps if lab in rep]
@@ -714,6 +736,9 @@ def main() -> None:
     for rep in range(reps):
         results: dict[str, dict] = {}
         makers = [lambda w: GatewayLite(gateway_lite, launcher, specs, w)]
+        if POOL:
+            makers.append(lambda w: GatewayLite(gateway_lite, launcher, specs, w, label=POOL_LABEL, extra=(
+                "--pool", f"{SPEC}={POOL}", "--kernel-env", "GATEWAY_BENCH_RUN")))
         makers += [lambda w, p=p: EnterpriseGateway(p, specs, w) for p in EG_POLLS]
         for i, make in enumerate(makers):
             work = root / f"rep{rep}-{i}"
@@ -723,7 +748,7 @@ def main() -> None:
                 log(f"rep {rep + 1}/{reps}: {gw.label} at {gw.base} (pid {gw.proc.pid})")
                 results[gw.label] = {}
                 try:
-                    run_gateway(gw, results[gw.label])
+                    (run_pool if gw.label == POOL_LABEL else run_gateway)(gw, results[gw.label])
                 except Exception as e:  # noqa: BLE001 - report it, go on with the next gateway
                     log(f"{gw.label} FAILED: {e!r}")
                     results[gw.label]["error"] = repr(e)[:2000]
@@ -742,6 +767,8 @@ def main() -> None:
           f"EG DistributedProcessProxy on localhost); {reps} rep(s), medians over reps; "
           f"N={N} executes, {LAUNCHES} launches/rep; {os.cpu_count()} CPUs, loadavg {os.getloadavg()[0]:.1f}")
     raw["medians"] = report(all_reps)
+    if POOL:
+        raw["pool_medians"] = pool_bench.report(all_reps, POOL, fmt)
     raw["labels"] = labels
     Path(out_path).write_text(json.dumps(raw))
     print(f"\nraw results: {out_path}")

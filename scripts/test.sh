@@ -44,7 +44,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build (scripts/dist.sh: static binaries, release tarballs, the launcher and gateway-lite images)"
 scripts/dist.sh --out "$root/target/dist"
 export KL_DIST_DIR="$root/target/dist"
-cargo build --locked -p launcher
+cargo build --locked -p launcher -p gateway-lite
 export KL_STATIC_LAUNCHER="$root/target/x86_64-unknown-linux-gnu/release/kernel-launcher"
 export KL_BUSYBOX=/bin/busybox
 export KERNEL_LAUNCHER="$root/target/debug/kernel-launcher"

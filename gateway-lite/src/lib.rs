@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         restart_limit: config.restart_limit,
         cull: config.cull,
         log_retention: config.kernel_log_retention,
+        pools: config.pools.clone(),
     };
     let kernels = Kernels::open(specs, launcher, rules, state, tasks.clone()).await;
     let state = api::AppState {

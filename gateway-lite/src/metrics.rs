@@ -29,6 +29,43 @@ pub struct Gauges {
     pub tasks: u64,
     /// Launch payloads refused, by reason (a counter kept by the response listener).
     pub payloads_refused: Vec<(&'static str, u64)>,
+    /// The warm pools.
+    pub pools: Vec<PoolGauge>,
+    /// Pooled launches running now (bounded by `--pool-refill-concurrency`).
+    pub pool_refills_in_flight: u64,
+}
+
+/// One warm pool at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolGauge {
+    /// Its kernelspec.
+    pub name: String,
+    /// Kernels it keeps (`--pool NAME=N`; 0 for kernels an earlier run left of a pool no
+    /// longer configured).
+    pub size: u64,
+    /// Unclaimed kernels that answered `kernel_info`.
+    pub ready: u64,
+    /// Unclaimed kernels started but not yet ready.
+    pub starting: u64,
+}
+
+/// Counters of the warm pools.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Requests served from a pool.
+    pub hits: AtomicU64,
+    /// Compatible requests for a pooled kernelspec that found its pool empty.
+    pub misses: AtomicU64,
+    /// Requests for a pooled kernelspec whose env a pooled kernel cannot serve.
+    pub incompatible: AtomicU64,
+    /// Pooled kernels started and ready (refills).
+    pub refills: AtomicU64,
+    /// Pooled launches that failed.
+    pub refill_failures: AtomicU64,
+    /// Pooled kernels that died unclaimed (and were replaced).
+    pub deaths: AtomicU64,
+    /// Sum of refill times (launch to `kernel_info_reply`), microseconds.
+    pub refill_micros: AtomicU64,
 }
 
 /// Every counter of the gateway.
@@ -56,6 +93,8 @@ pub struct Metrics {
     pub reattached: AtomicU64,
     /// Kernels shut down (API, cull or gateway exit).
     pub shutdowns: AtomicU64,
+    /// The warm pools' counters.
+    pub pool: PoolCounters,
     start_buckets: [AtomicU64; START_BUCKETS.len()],
     start_count: AtomicU64,
     start_micros: AtomicU64,
@@ -224,6 +263,8 @@ impl Metrics {
             get(&self.start_micros) as f64 / 1e6
         );
         let _ = writeln!(out, "gateway_lite_kernel_start_seconds_count {count}");
+        self.pool
+            .render(&mut out, &gauges.pools, gauges.pool_refills_in_flight);
         if let Some(rss) = resident_bytes() {
             head(
                 &mut out,
@@ -234,6 +275,101 @@ impl Metrics {
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         }
         out
+    }
+}
+
+impl PoolCounters {
+    /// The pool lines: per pool its size, ready and starting kernels; the claims by outcome;
+    /// refills, their failures and time; deaths of unclaimed kernels.
+    fn render(&self, out: &mut String, pools: &[PoolGauge], in_flight: u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, help, pick) in [
+            (
+                "gateway_lite_pool_size",
+                "Kernels a warm pool keeps (--pool NAME=N).",
+                (|p: &PoolGauge| p.size) as fn(&PoolGauge) -> u64,
+            ),
+            (
+                "gateway_lite_pool_ready",
+                "Unclaimed pooled kernels that answered kernel_info.",
+                |p: &PoolGauge| p.ready,
+            ),
+            (
+                "gateway_lite_pool_starting",
+                "Unclaimed pooled kernels not yet ready.",
+                |p: &PoolGauge| p.starting,
+            ),
+        ] {
+            head(out, name, "gauge", help);
+            for p in pools {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kernel_name=\"{}\"}} {}",
+                    escape(&p.name),
+                    pick(p)
+                );
+            }
+        }
+        head(
+            out,
+            "gateway_lite_pool_refills_in_flight",
+            "gauge",
+            "Pooled kernel launches running now (at most --pool-refill-concurrency).",
+        );
+        let _ = writeln!(out, "gateway_lite_pool_refills_in_flight {in_flight}");
+        head(
+            out,
+            "gateway_lite_pool_requests_total",
+            "counter",
+            "Starts of a pooled kernelspec: served from the pool (hit), pool empty (miss), env not compatible (incompatible).",
+        );
+        for (outcome, c) in [
+            ("hit", &self.hits),
+            ("miss", &self.misses),
+            ("incompatible", &self.incompatible),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_lite_pool_requests_total{{outcome=\"{outcome}\"}} {}",
+                get(c)
+            );
+        }
+        for (name, help, c) in [
+            (
+                "gateway_lite_pool_refills_total",
+                "Pooled kernels started and ready.",
+                &self.refills,
+            ),
+            (
+                "gateway_lite_pool_refill_failures_total",
+                "Pooled kernel launches that failed.",
+                &self.refill_failures,
+            ),
+            (
+                "gateway_lite_pool_deaths_total",
+                "Pooled kernels that died unclaimed (replaced).",
+                &self.deaths,
+            ),
+        ] {
+            head(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", get(c));
+        }
+        head(
+            out,
+            "gateway_lite_pool_refill_seconds",
+            "summary",
+            "Time from a refill's launch to its kernel_info_reply.",
+        );
+        let _ = writeln!(
+            out,
+            "gateway_lite_pool_refill_seconds_sum {}",
+            get(&self.refill_micros) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "gateway_lite_pool_refill_seconds_count {}",
+            get(&self.refills)
+        );
     }
 }
 

@@ -66,6 +66,10 @@ pub struct KernelRecord {
     /// Enterprise Gateway's launchers and in state files of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_secret: Option<String>,
+    /// The warm pool (its kernelspec name) the kernel idles in, unclaimed; absent once a
+    /// request claimed it (and for every kernel started for a request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -305,6 +309,7 @@ mod tests {
                 log_file: None,
             },
             launch_secret: Some("s".repeat(64)),
+            pool: None,
         }
     }
 
@@ -321,8 +326,17 @@ mod tests {
         let dir = temp_dir("rt");
         let s = StateStore::open(&dir).unwrap();
         assert!(s.load().unwrap().is_empty());
-        s.save(1, vec![record("a"), record("b")]).unwrap();
-        assert_eq!(s.load().unwrap(), vec![record("a"), record("b")]);
+        let pooled = KernelRecord {
+            pool: Some("python3".into()),
+            ..record("p")
+        };
+        s.save(1, vec![record("a"), record("b"), pooled.clone()])
+            .unwrap();
+        assert_eq!(
+            s.load().unwrap(),
+            vec![record("a"), record("b"), pooled],
+            "a pooled kernel comes back pooled"
+        );
         s.save(3, vec![record("b")]).unwrap();
         assert_eq!(s.load().unwrap(), vec![record("b")]);
         // An older snapshot that reaches the disk late is not written over a newer one.

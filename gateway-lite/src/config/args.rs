@@ -300,4 +300,29 @@ pub(super) struct Args {
     /// Cull busy kernels too (Jupyter's cull_busy).
     #[arg(long, env = "GATEWAY_LITE_CULL_BUSY")]
     pub(super) cull_busy: bool,
+    /// Keep N started, idle kernels of kernelspec NAME for requests to claim (NAME=N;
+    /// repeatable; the env variable takes a comma-separated list).
+    #[arg(
+        long = "pool",
+        env = "GATEWAY_LITE_POOL",
+        value_name = "NAME=N",
+        value_delimiter = ','
+    )]
+    pub(super) pools: Vec<String>,
+    /// Pooled kernels launched at once while refilling, across all pools.
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_POOL_REFILL_CONCURRENCY",
+        default_value_t = 2
+    )]
+    pub(super) pool_refill_concurrency: usize,
+    /// Seconds a refill waits before it launches, so it does not compete with the claimed
+    /// kernel's first work (e.g. a Spark kernel's first job on a small machine).
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_POOL_REFILL_DELAY",
+        default_value = "0.25",
+        allow_negative_numbers = true
+    )]
+    pub(super) pool_refill_delay: String,
 }

@@ -12,8 +12,8 @@ use super::args::Args;
 use super::edge;
 use super::provisioning::{docker_settings, ssh_settings};
 use super::settings::{
-    Config, ConfigError, Cull, KERNEL_ENV_STANDARD, Limits, SearchEnv, StateDirSource, env_matches,
-    parse_secs,
+    Config, ConfigError, Cull, KERNEL_ENV_STANDARD, Limits, MAX_POOL_REFILL_CONCURRENCY,
+    MAX_POOL_SIZE, Pools, SearchEnv, StateDirSource, env_matches, parse_secs,
 };
 
 impl Config {
@@ -184,6 +184,19 @@ fn from_parsed(
         connected: args.cull_connected,
         busy: args.cull_busy,
     });
+    let mut pools = parse_pools(&args.pools, args.pool_refill_concurrency)?;
+    pools.refill_delay = match args.pool_refill_delay.trim().parse::<f64>() {
+        Ok(0.0) => Duration::ZERO,
+        _ => parse_secs(&args.pool_refill_delay)
+            .filter(|d| *d <= Duration::from_secs(3600))
+            .ok_or_else(|| ConfigError {
+                option: "--pool-refill-delay (env GATEWAY_LITE_POOL_REFILL_DELAY)",
+                problem: format!(
+                    "{:?} is not a number of seconds from 0 to 3600; use e.g. 0.25",
+                    args.pool_refill_delay
+                ),
+            })?,
+    };
     let launcher = match args.launcher {
             Some(path) => {
                 if !path.is_file() {
@@ -227,6 +240,63 @@ fn from_parsed(
         limits,
         restart_limit: args.restart_limit,
         cull,
+        pools,
+    })
+}
+
+/// `--pool NAME=N` (repeatable) and `--pool-refill-concurrency`.
+fn parse_pools(given: &[String], concurrency: usize) -> Result<Pools, ConfigError> {
+    const OPTION: &str = "--pool (env GATEWAY_LITE_POOL)";
+    let mut sizes = std::collections::BTreeMap::new();
+    for item in given.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let fail = |problem: String| ConfigError {
+            option: OPTION,
+            problem,
+        };
+        let (name, n) = item.split_once('=').ok_or_else(|| {
+            fail(format!(
+                "{item:?} is not NAME=N; give a kernelspec name and a count, e.g. python3=4"
+            ))
+        })?;
+        let name = name.trim();
+        if name.is_empty()
+            || name.len() > 255
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(fail(format!(
+                "{name:?} is not a kernelspec name (letters, digits, '_', '-', '.')"
+            )));
+        }
+        let n: usize = n.trim().parse().map_err(|_| {
+            fail(format!(
+                "{n:?} in {item:?} is not a count; give a whole number from 1 to {MAX_POOL_SIZE}"
+            ))
+        })?;
+        if n == 0 || n > MAX_POOL_SIZE {
+            return Err(fail(format!(
+                "{name}={n}: a pool keeps 1 to {MAX_POOL_SIZE} kernels; leave the pool out for none"
+            )));
+        }
+        if sizes.insert(name.to_owned(), n).is_some() {
+            return Err(fail(format!(
+                "kernelspec {name:?} is given twice; give each pool once"
+            )));
+        }
+    }
+    if concurrency == 0 || concurrency > MAX_POOL_REFILL_CONCURRENCY {
+        return Err(ConfigError {
+            option: "--pool-refill-concurrency (env GATEWAY_LITE_POOL_REFILL_CONCURRENCY)",
+            problem: format!(
+                "{concurrency} is out of range; give 1 to {MAX_POOL_REFILL_CONCURRENCY}"
+            ),
+        });
+    }
+    Ok(Pools {
+        sizes,
+        refill_concurrency: concurrency,
+        refill_delay: Duration::ZERO,
     })
 }
 
@@ -356,6 +426,53 @@ mod tests {
                 &["--max-kernels-per-user", "0"][..],
                 "--max-kernels-per-user",
             ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.option.starts_with(option), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn pool_options() {
+        let c = parse(&[]).unwrap();
+        assert!(c.pools.sizes.is_empty());
+        assert_eq!(c.pools.refill_concurrency, 2);
+        assert_eq!(c.pools.refill_delay, Duration::from_millis(250));
+        let c = parse(&[
+            "--pool",
+            "python3=4",
+            "--pool",
+            "spark_python=1,r=2",
+            "--pool-refill-concurrency",
+            "3",
+            "--pool-refill-delay",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(c.pools.refill_delay, Duration::from_secs(30));
+        let sizes: Vec<_> = c
+            .pools
+            .sizes
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(sizes, [("python3", 4), ("r", 2), ("spark_python", 1)]);
+        assert_eq!(c.pools.refill_concurrency, 3);
+        for (args, option) in [
+            (&["--pool", "python3"][..], "--pool "),
+            (&["--pool", "python3=0"][..], "--pool "),
+            (&["--pool", "python3=257"][..], "--pool "),
+            (&["--pool", "python3=x"][..], "--pool "),
+            (&["--pool", "=2"][..], "--pool "),
+            (&["--pool", "a/b=2"][..], "--pool "),
+            (&["--pool", "p=1,p=2"][..], "--pool "),
+            (
+                &["--pool-refill-concurrency", "0"][..],
+                "--pool-refill-concurrency",
+            ),
+            (&["--pool-refill-delay", "-1"][..], "--pool-refill-delay"),
+            (&["--pool-refill-delay", "soon"][..], "--pool-refill-delay"),
+            (&["--pool-refill-delay", "7200"][..], "--pool-refill-delay"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.option.starts_with(option), "{args:?}: {e}");

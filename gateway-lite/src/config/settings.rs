@@ -359,6 +359,24 @@ pub struct Config {
     pub restart_limit: u32,
     /// Idle culling, when on.
     pub cull: Option<Cull>,
+    /// Warm pools (`--pool`).
+    pub pools: Pools,
+}
+
+/// Most kernels one pool keeps (`--pool NAME=N`).
+pub const MAX_POOL_SIZE: usize = 256;
+/// Most pooled launches at once (`--pool-refill-concurrency`).
+pub const MAX_POOL_REFILL_CONCURRENCY: usize = 64;
+
+/// Warm pools: started, idle kernels kept per kernelspec for requests to claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pools {
+    /// Kernels to keep per kernelspec name (each at least 1, names unique).
+    pub sizes: std::collections::BTreeMap<String, usize>,
+    /// Pooled launches at once across all pools (at least 1).
+    pub refill_concurrency: usize,
+    /// How long a refill waits before it launches.
+    pub refill_delay: Duration,
 }
 
 /// Variables of the gateway's environment every local kernel gets (`PREFIX*` for a prefix):

@@ -40,6 +40,22 @@ pub(super) enum Command {
     Detach(oneshot::Sender<()>),
 }
 
+/// Whose a kernel is: its request's env and user.
+#[derive(Debug)]
+struct Who {
+    env: BTreeMap<String, String>,
+    username: String,
+}
+
+impl Who {
+    fn of(env: BTreeMap<String, String>) -> Self {
+        Who {
+            username: env.get("KERNEL_USERNAME").cloned().unwrap_or_default(),
+            env,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Activity {
     state: ExecutionState,
@@ -58,12 +74,11 @@ pub struct Kernel {
     pub name: String,
     /// The kernelspec it was started from.
     pub(super) spec: KernelSpec,
-    /// The request's validated `KERNEL_*` env (restarts reuse it).
-    pub(super) env: BTreeMap<String, String>,
+    /// The request's validated `KERNEL_*` env (restarts reuse it) and its `KERNEL_USERNAME`
+    /// (per-user limits); a pooled kernel gets its claimer's at the claim.
+    who: Mutex<Who>,
     /// Launch timeout, also for restarts.
     pub(super) timeout: Duration,
-    /// `KERNEL_USERNAME` of the request, for per-user limits.
-    pub(super) username: String,
     commands: mpsc::Sender<Command>,
     pub(super) phase: watch::Sender<Phase>,
     activity: Mutex<Activity>,
@@ -89,11 +104,10 @@ impl Kernel {
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let kernel = Kernel {
             name: p.spec.name.clone(),
-            username: p.env.get("KERNEL_USERNAME").cloned().unwrap_or_default(),
+            who: Mutex::new(Who::of(p.env)),
             clients: Clients::new(&p.id, p.budget),
             id: p.id,
             spec: p.spec,
-            env: p.env,
             timeout: p.timeout,
             commands,
             phase: watch::Sender::new(Phase::Running(p.endpoints)),
@@ -105,6 +119,33 @@ impl Kernel {
             ready: watch::Sender::new(0),
         };
         (Arc::new(kernel), rx)
+    }
+
+    fn who(&self) -> std::sync::MutexGuard<'_, Who> {
+        // Replaced whole, never left half-written.
+        self.who.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request's `KERNEL_*` env (restarts reuse it).
+    pub(super) fn env(&self) -> BTreeMap<String, String> {
+        self.who().env.clone()
+    }
+
+    /// Whether the current incarnation has answered the readiness probe.
+    pub(super) fn is_ready(&self) -> bool {
+        let generation = self.phase.borrow().generation();
+        generation.is_some_and(|g| *self.ready.borrow() >= g)
+    }
+
+    /// Whether the kernel counts for `user`.
+    pub(super) fn is_users(&self, user: &str) -> bool {
+        self.who().username == user
+    }
+
+    /// A pooled kernel is claimed by a request with `env`: from now on it is that request's
+    /// (its user, and what a restart launches with).
+    pub(super) fn claimed_with(&self, env: BTreeMap<String, String>) {
+        *self.who() = Who::of(env);
     }
 
     fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {

@@ -37,6 +37,7 @@ use super::logs::KernelLogs;
 use super::monitor;
 use super::phase::Phase;
 use super::policy::{AfterDeath, ExecutionState, RestartBudget};
+use super::pool::Pool;
 use super::process::Process;
 use super::registry::{Registry, Reservation};
 use super::stop;
@@ -58,6 +59,8 @@ pub(super) struct Context {
     pub restart_limit: u32,
     /// Kernels' log files, with a state directory.
     pub logs: Option<Arc<KernelLogs>>,
+    /// The warm pools.
+    pub pool: Arc<Pool>,
     /// How many owners are stopping their kernel (see [`Stopping`]).
     pub stopping: Stopping,
 }
@@ -114,8 +117,16 @@ pub(super) struct StartRequest {
     pub spec: KernelSpec,
     pub env: std::collections::BTreeMap<String, String>,
     pub timeout: std::time::Duration,
-    pub reservation: Reservation,
+    pub admission: Admission,
     pub reply: oneshot::Sender<Result<Claim, KernelError>>,
+}
+
+/// Where a started kernel goes.
+pub(super) enum Admission {
+    /// To the request that reserved its place under the limits.
+    Request(Reservation),
+    /// Into the pool of its kernelspec, counted against no limit until claimed.
+    Pool,
 }
 
 /// Launches a kernel, registers it and replies, then owns it until it is shut down or the
@@ -171,7 +182,10 @@ pub(super) async fn start(ctx: Arc<Context>, mut req: StartRequest) {
         budget: ctx.registry.budget.clone(),
     });
     let record = record_of(&kernel, &process);
-    let snapshot = ctx.registry.admit(req.reservation, kernel.clone(), record);
+    let snapshot = match req.admission {
+        Admission::Request(reservation) => ctx.registry.admit(reservation, kernel.clone(), record),
+        Admission::Pool => ctx.registry.pool(kernel.clone(), record),
+    };
     ctx.registry.persist(snapshot).await;
     let mut owner = Owner::new(ctx, kernel.clone(), commands, process);
     if let Err(unsent) = req.reply.send(Ok(Claim::new(kernel))) {
@@ -225,10 +239,14 @@ pub(super) async fn restore(
         launched,
         endpoints,
     };
-    let _ = ctx
-        .registry
-        .restored(kernel.clone(), record_of(&kernel, &process));
-    tracing::info!(kernel_id = %kernel.id, "kernel restored from the state file");
+    let pooled = record.pool.is_some();
+    let current = record_of(&kernel, &process);
+    if pooled {
+        let _ = ctx.registry.pool(kernel.clone(), current);
+    } else {
+        let _ = ctx.registry.restored(kernel.clone(), current);
+    }
+    tracing::info!(kernel_id = %kernel.id, pooled, "kernel restored from the state file");
     let owner = Owner::new(ctx.clone(), kernel, commands, process);
     ctx.tasks.spawn(owner.run());
     Ok(())
@@ -240,7 +258,7 @@ fn record_of(kernel: &Kernel, p: &Process) -> KernelRecord {
     KernelRecord {
         id: kernel.id.clone(),
         name: kernel.name.clone(),
-        env: kernel.env.clone(),
+        env: kernel.env(),
         launch_timeout_secs: kernel.timeout.as_secs_f64(),
         generation: ep.generation,
         connection: ep.info.clone(),
@@ -250,6 +268,7 @@ fn record_of(kernel: &Kernel, p: &Process) -> KernelRecord {
         pgid: ep.pgid,
         placement: p.launched.placement.clone(),
         launch_secret: ep.secret.as_deref().map(str::to_owned),
+        pool: None,
     }
 }
 
@@ -259,6 +278,8 @@ enum End {
     Shutdown(Option<oneshot::Sender<()>>),
     /// Leave it running for the next gateway; reply when done.
     Detach(oneshot::Sender<()>),
+    /// A pooled kernel died unclaimed and was removed: nothing left to do.
+    Retired,
 }
 
 /// The task that owns one kernel.
@@ -351,6 +372,7 @@ impl Owner {
                 tracing::info!(kernel_id = %self.kernel.id, "left running for the next gateway");
                 let _ = reply.send(());
             }
+            End::Retired => {}
         }
     }
 
@@ -358,6 +380,9 @@ impl Owner {
     /// dead.
     async fn on_death(&mut self) {
         let id = self.kernel.id.clone();
+        if self.ctx.registry.unpool(&id).is_some() {
+            return self.retire_dead().await;
+        }
         let exit = self
             .process
             .as_ref()
@@ -408,6 +433,35 @@ impl Owner {
         }
     }
 
+    /// A pooled kernel died before anyone claimed it: it is removed (nothing of it left
+    /// running) and the pool starts a replacement; no restart, since nobody waits for it.
+    async fn retire_dead(&mut self) {
+        let id = self.kernel.id.clone();
+        let exit = self
+            .process
+            .as_ref()
+            .and_then(|p| *p.launched.exit.borrow())
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        tracing::warn!(kernel_id = %id, spec = %self.kernel.name, "pooled kernel died unclaimed (launcher ended with {exit}); replacing it");
+        self.ctx
+            .metrics
+            .deaths
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .pool
+            .deaths
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bury().await;
+        let snapshot = self.ctx.registry.remove(&id);
+        self.ctx.registry.persist(snapshot).await;
+        self.kernel.phase.send_replace(Phase::Gone);
+        let _ = self.ctx.log_ended(&id);
+        self.end = Some(End::Retired);
+        self.ctx.pool.wake();
+    }
+
     /// Ends the current incarnation for good: nothing left running, the kernel shown dead.
     async fn bury(&mut self) {
         self.incarnation.cancel();
@@ -439,10 +493,11 @@ impl Owner {
             stop::stop(&old, &kernel.id, true, self.ctx.launcher.grace, || {}).await;
             stop::kill_orphaned_group(&old, &kernel.id).await;
         }
+        let env = kernel.env();
         let job = Job {
             id: &kernel.id,
             spec: &kernel.spec,
-            env: &kernel.env,
+            env: &env,
             timeout: kernel.timeout,
             generation,
             log_file: self.ctx.log_file(&kernel.id),

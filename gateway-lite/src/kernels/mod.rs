@@ -14,7 +14,7 @@
 //! client count, the parked connection and its bounded backlog), [`policy`] (the rules, as
 //! pure functions), [`env`] (the request's `KERNEL_*` variables), [`phase`] and [`kernel`]
 //! (what a handle shows), [`logs`] (launchers' log files, kept a while after their kernel),
-//! [`error`].
+//! [`pool`] (warm pools: kernels started before they are asked for), [`error`].
 
 mod clients;
 mod env;
@@ -26,6 +26,7 @@ pub mod logs;
 mod monitor;
 mod phase;
 pub mod policy;
+mod pool;
 mod process;
 mod registry;
 mod stop;
@@ -43,13 +44,13 @@ pub use launch::Launcher;
 pub use phase::Phase;
 use policy::ExecutionState;
 
-use crate::config::{Cull, Limits, parse_secs};
+use crate::config::{Cull, Limits, Pools, parse_secs};
 use crate::kernelspecs::{Catalog, KernelSpecs, Runner};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, PoolGauge};
 use crate::state::StateStore;
 use crate::tasks::Tasks;
 use kernel::Command;
-use lifecycle::{Context, StartRequest};
+use lifecycle::{Admission, Context, StartRequest};
 use logs::KernelLogs;
 use registry::Registry;
 
@@ -60,7 +61,7 @@ const INTERRUPT_READY_WAIT: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// The operator's rules for kernels.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     /// Kernel limits.
     pub limits: Limits,
@@ -70,6 +71,8 @@ pub struct Rules {
     pub cull: Option<Cull>,
     /// How long a kernel's log file is kept after the kernel ended; zero: deleted at once.
     pub log_retention: Duration,
+    /// Warm pools.
+    pub pools: Pools,
 }
 
 /// All kernels of this gateway. Cheap to clone.
@@ -102,6 +105,7 @@ impl Kernels {
             restart_limit: rules.restart_limit,
             logs: logs.clone(),
             stopping: lifecycle::Stopping::default(),
+            pool: Arc::new(pool::Pool::new(&rules.pools)),
         });
         let kernels = Kernels { ctx, specs };
         kernels.restore().await;
@@ -114,6 +118,8 @@ impl Kernels {
         if let Some(cull) = rules.cull {
             tasks.spawn_until_stopped(kernels.clone().cull_loop(cull));
         }
+        // Also with no pool configured: it retires pooled kernels an earlier run left.
+        tasks.spawn_until_stopped(kernels.clone().keep_pools());
         kernels
     }
 
@@ -170,6 +176,9 @@ impl Kernels {
             });
         }
         let env = kernel_env(env)?;
+        if let Some(kernel) = self.claim_pooled(&spec, &env).await? {
+            return Ok(kernel);
+        }
         let timeout = env
             .get("KERNEL_LAUNCH_TIMEOUT")
             .and_then(|t| parse_secs(t))
@@ -188,7 +197,87 @@ impl Kernels {
             spec,
             env,
             timeout,
-            reservation,
+            admission: Admission::Request(reservation),
+            reply,
+        };
+        self.ctx
+            .tasks
+            .spawn(lifecycle::start(self.ctx.clone(), request));
+        answer
+            .await
+            .map_err(|_| KernelError::Cancelled("(the gateway is stopping)".into()))?
+            .map(kernel::Claim::take)
+    }
+
+    /// A pooled kernel of `spec` for a request with `env`, when `spec` has a pool, `env` is
+    /// compatible (see [`pool::compatible`]) and the pool has a ready kernel; `None`: start a
+    /// fresh one. The claim is checked against the limits like a start.
+    async fn claim_pooled(
+        &self,
+        spec: &crate::kernelspecs::KernelSpec,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Arc<Kernel>>, KernelError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pool = &self.ctx.pool;
+        let counters = &self.ctx.metrics.pool;
+        if pool.size(&spec.name) == 0 {
+            return Ok(None);
+        }
+        let per_user = self
+            .ctx
+            .launcher
+            .provisioners
+            .docker
+            .settings()
+            .network_per_user;
+        if let Err(why) = pool::compatible(spec, env, per_user) {
+            counters.incompatible.fetch_add(1, Relaxed);
+            tracing::info!(spec = %spec.name, "starting a fresh kernel, not a pooled one: {why}");
+            return Ok(None);
+        }
+        let user = env.get("KERNEL_USERNAME").cloned().unwrap_or_default();
+        let claimed = self
+            .ctx
+            .registry
+            .claim(&spec.name, &user, env)
+            .map_err(|e| {
+                self.ctx.metrics.starts_refused.fetch_add(1, Relaxed);
+                KernelError::Limit(e.to_string())
+            })?;
+        let Some((kernel, snapshot)) = claimed else {
+            counters.misses.fetch_add(1, Relaxed);
+            tracing::info!(spec = %spec.name, "the pool has no ready kernel; starting a fresh one");
+            return Ok(None);
+        };
+        counters.hits.fetch_add(1, Relaxed);
+        pool.wake();
+        // Recorded as claimed before the client learns the id: a gateway restart must never
+        // put a kernel someone uses back into the pool.
+        self.ctx.registry.persist(snapshot).await;
+        tracing::info!(kernel_id = %kernel.id, spec = %spec.name, "kernel claimed from the pool");
+        Ok(Some(kernel))
+    }
+
+    /// Starts a kernel of spec `name` for its pool.
+    async fn start_pooled(&self, name: &str) -> Result<Arc<Kernel>, KernelError> {
+        let specs = self.specs().await;
+        let spec = specs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| KernelError::NoSuchSpec(name.to_owned()))?;
+        if let Runner::Refused(why) = &spec.runner {
+            return Err(KernelError::Refused {
+                spec: name.to_owned(),
+                why: why.to_string(),
+            });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = StartRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            spec,
+            env: std::collections::BTreeMap::new(),
+            timeout: self.ctx.launcher.timeout,
+            admission: Admission::Pool,
             reply,
         };
         self.ctx
@@ -203,8 +292,12 @@ impl Kernels {
     /// Sweeps the logs earlier runs left of kernels that are no longer here (before any
     /// launch, so no log of a kernel being started is taken for one).
     async fn sweep_leftover_logs(&self, logs: &Arc<KernelLogs>) {
-        let live: std::collections::HashSet<String> =
-            self.list().iter().map(|k| k.id.clone()).collect();
+        let live: std::collections::HashSet<String> = self
+            .list()
+            .iter()
+            .chain(&self.ctx.registry.pooled(None))
+            .map(|k| k.id.clone())
+            .collect();
         let sweeper = logs.clone();
         let swept = self
             .ctx
@@ -305,7 +398,8 @@ impl Kernels {
     /// gateway, its owner ended either way, and every stop already under way (a DELETE is
     /// answered before its kernel has exited) has ended. Bounded by [`CLOSE_WAIT`].
     pub async fn close(&self, stop: bool) {
-        let all = self.list();
+        let mut all = self.list();
+        all.extend(self.ctx.registry.pooled(None));
         let n = all.len();
         let stopping = &self.ctx.stopping;
         let each = all.into_iter().map(|k| async move {
@@ -374,6 +468,8 @@ impl Kernels {
             reservations: self.ctx.registry.reservations() as u64,
             tasks: self.ctx.tasks.len() as u64,
             payloads_refused: self.ctx.launcher.response.refusals().counts(),
+            pools: self.pool_gauges(),
+            pool_refills_in_flight: self.ctx.pool.refills_in_flight() as u64,
             ..Gauges::default()
         };
         for k in &kernels {
@@ -388,6 +484,28 @@ impl Kernels {
             gauges.connections += k.connection_count() as u64;
         }
         self.ctx.metrics.render(&gauges)
+    }
+
+    /// Each pool's size, ready and starting kernels, for `/metrics`.
+    fn pool_gauges(&self) -> Vec<PoolGauge> {
+        let pooled = self.ctx.registry.pooled(None);
+        let mut names: Vec<&String> = self.ctx.pool.sizes().keys().collect();
+        names.extend(pooled.iter().map(|k| &k.name));
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let mine = pooled.iter().filter(|k| &k.name == name);
+                let ready = mine.clone().filter(|k| k.is_ready()).count() as u64;
+                PoolGauge {
+                    name: name.clone(),
+                    size: self.ctx.pool.size(name) as u64,
+                    ready,
+                    starting: mine.count() as u64 - ready,
+                }
+            })
+            .collect()
     }
 
     /// The counters (for tests and embedders).

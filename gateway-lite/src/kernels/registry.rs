@@ -8,6 +8,11 @@
 //! racing to the disk can never leave the older one there, and changes that pile up behind
 //! a write (100 DELETEs at once) are written together.
 //!
+//! Warm pools live here too: a pooled kernel is recorded (the state file keeps it across a
+//! gateway restart) but is no kernel of anyone's yet. It is not listed, counts against no
+//! limit and cannot be culled, until [`Registry::claim`] moves it, under the same lock as
+//! the limit check, from its pool to the kernels.
+//!
 //! The registry holds data only. Kernels are started, restarted and stopped by their owners
 //! ([`super::lifecycle`]), which report here.
 
@@ -33,6 +38,8 @@ struct Inner {
     kernels: BTreeMap<String, Arc<Kernel>>,
     records: BTreeMap<String, KernelRecord>,
     in_flight: InFlight,
+    /// Unclaimed pooled kernels per kernelspec name, oldest first.
+    pooled: BTreeMap<String, Vec<Arc<Kernel>>>,
     /// Number of the latest change.
     seq: u64,
 }
@@ -121,11 +128,7 @@ impl Registry {
     pub(super) fn reserve(self: &Arc<Self>, user: &str) -> Result<Reservation, LimitError> {
         let mut inner = self.lock();
         let total = inner.kernels.len() + inner.in_flight.total;
-        let mine = inner
-            .kernels
-            .values()
-            .filter(|k| k.username == user)
-            .count()
+        let mine = inner.kernels.values().filter(|k| k.is_users(user)).count()
             + inner.in_flight.by_user.get(user).copied().unwrap_or(0);
         policy::admit(&self.limits, total, mine, user)?;
         inner.in_flight.total += 1;
@@ -150,6 +153,78 @@ impl Registry {
         Self::put(&mut inner, kernel, record)
     }
 
+    /// Puts a started kernel into the pool of its kernelspec, recorded as `record`.
+    pub(super) fn pool(&self, kernel: Arc<Kernel>, mut record: KernelRecord) -> Snapshot {
+        let mut inner = self.lock();
+        record.pool = Some(kernel.name.clone());
+        inner.records.insert(kernel.id.clone(), record);
+        inner
+            .pooled
+            .entry(kernel.name.clone())
+            .or_default()
+            .push(kernel);
+        Self::snapshot(&mut inner)
+    }
+
+    /// Hands a ready pooled kernel of spec `name` to a request of `user` with `env`, if the
+    /// pool has one and the limits admit it: it leaves the pool and becomes the request's
+    /// kernel in one step. `Ok(None)`: no ready kernel in the pool.
+    pub(super) fn claim(
+        &self,
+        name: &str,
+        user: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<(Arc<Kernel>, Snapshot)>, LimitError> {
+        let mut inner = self.lock();
+        let Some(at) = inner
+            .pooled
+            .get(name)
+            .and_then(|p| p.iter().position(|k| k.is_ready()))
+        else {
+            return Ok(None);
+        };
+        let total = inner.kernels.len() + inner.in_flight.total;
+        let mine = inner.kernels.values().filter(|k| k.is_users(user)).count()
+            + inner.in_flight.by_user.get(user).copied().unwrap_or(0);
+        policy::admit(&self.limits, total, mine, user)?;
+        let kernel = inner
+            .pooled
+            .get_mut(name)
+            .map(|p| p.remove(at))
+            .expect("the position was found under this lock");
+        kernel.claimed_with(env.clone());
+        if let Some(r) = inner.records.get_mut(&kernel.id) {
+            r.pool = None;
+            r.env = env.clone();
+        }
+        inner.kernels.insert(kernel.id.clone(), kernel.clone());
+        Ok(Some((kernel, Self::snapshot(&mut inner))))
+    }
+
+    /// Takes kernel `id` out of its pool, if it is still there (unclaimed).
+    pub(super) fn unpool(&self, id: &str) -> Option<Arc<Kernel>> {
+        let mut inner = self.lock();
+        Self::take_pooled(&mut inner, id)
+    }
+
+    fn take_pooled(inner: &mut Inner, id: &str) -> Option<Arc<Kernel>> {
+        inner.pooled.values_mut().find_map(|p| {
+            let at = p.iter().position(|k| k.id == id)?;
+            Some(p.remove(at))
+        })
+    }
+
+    /// The unclaimed pooled kernels of spec `name` (`None`: of every pool).
+    pub(super) fn pooled(&self, name: Option<&str>) -> Vec<Arc<Kernel>> {
+        let inner = self.lock();
+        inner
+            .pooled
+            .iter()
+            .filter(|(n, _)| name.is_none_or(|name| name == n.as_str()))
+            .flat_map(|(_, p)| p.iter().cloned())
+            .collect()
+    }
+
     /// Adds a kernel re-attached from the state file.
     pub(super) fn restored(&self, kernel: Arc<Kernel>, record: KernelRecord) -> Snapshot {
         Self::put(&mut self.lock(), kernel, record)
@@ -166,7 +241,8 @@ impl Registry {
     pub(super) fn record(&self, id: &str, record: Option<KernelRecord>) -> Snapshot {
         let mut inner = self.lock();
         match record {
-            Some(r) if inner.kernels.contains_key(id) => {
+            Some(mut r) if inner.kernels.contains_key(id) || inner.records.contains_key(id) => {
+                r.pool = inner.records.get(id).and_then(|old| old.pool.clone());
                 inner.records.insert(id.to_owned(), r);
             }
             _ => {
@@ -180,6 +256,7 @@ impl Registry {
     pub(super) fn remove(&self, id: &str) -> Snapshot {
         let mut inner = self.lock();
         inner.kernels.remove(id);
+        Self::take_pooled(&mut inner, id);
         inner.records.remove(id);
         Self::snapshot(&mut inner)
     }
@@ -212,6 +289,12 @@ impl Registry {
             Ok(Err(e)) => tracing::error!("writing the state file: {e}"),
             Err(e) => tracing::error!("writing the state file: {e}"),
         }
+    }
+
+    /// The state-file record of kernel `id` as it stands (for tests of what a change records).
+    #[cfg(test)]
+    fn record_of(&self, id: &str) -> Option<KernelRecord> {
+        self.lock().records.get(id).cloned()
     }
 
     /// The kernel `id`.
@@ -293,6 +376,112 @@ mod tests {
         assert!(r.reserve("bob").is_ok());
         drop(results);
         assert_eq!(r.reservations(), 0, "every reservation is released");
+    }
+
+    fn kernel(id: &str) -> (Arc<Kernel>, KernelRecord) {
+        use super::super::kernel::Parts;
+        use crate::channels::KernelEndpoints;
+        use crate::kernelspecs::KernelSpec;
+        use protocol::connection::ConnectionInfo;
+        let info: ConnectionInfo = serde_json::from_value(serde_json::json!({
+            "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4,
+            "hb_port": 5, "ip": "127.0.0.1", "key": "k"
+        }))
+        .unwrap();
+        let (k, _commands) = Kernel::new(Parts {
+            id: id.into(),
+            spec: KernelSpec::embedded_python3(),
+            env: BTreeMap::new(),
+            timeout: std::time::Duration::from_secs(1),
+            endpoints: Arc::new(KernelEndpoints {
+                info: info.clone(),
+                host: "127.0.0.1".into(),
+                signer: protocol::wire::Signer::new(b"k"),
+                comm_port: None,
+                pid: None,
+                pgid: None,
+                generation: 1,
+                secret: None,
+            }),
+            budget: Arc::new(KeptBudget::new(1024)),
+        });
+        let record = KernelRecord {
+            id: id.into(),
+            name: k.name.clone(),
+            env: BTreeMap::new(),
+            launch_timeout_secs: 1.0,
+            generation: 1,
+            connection: info,
+            host: "127.0.0.1".into(),
+            comm_port: None,
+            pid: None,
+            pgid: None,
+            placement: crate::provisioner::Placement::Local {
+                pid: 1,
+                start_time: 1,
+                log_file: None,
+            },
+            launch_secret: None,
+            pool: None,
+        };
+        (k, record)
+    }
+
+    /// A claim takes only a ready pooled kernel, checks the limits under the same lock, and
+    /// makes the kernel the claimer's (listed, counted, recorded as no longer pooled).
+    #[test]
+    fn claims_take_ready_pooled_kernels_within_the_limits() {
+        let r = registry(Limits {
+            max_kernels: None,
+            max_kernels_per_user: Some(1),
+        });
+        let ada = BTreeMap::from([("KERNEL_USERNAME".to_owned(), "ada".to_owned())]);
+        assert!(
+            r.claim("python3", "ada", &ada).unwrap().is_none(),
+            "empty pool"
+        );
+        let (a, rec) = kernel("a");
+        r.pool(a.clone(), rec);
+        assert_eq!(r.record_of("a").unwrap().pool.as_deref(), Some("python3"));
+        assert!(r.list().is_empty(), "a pooled kernel is not listed");
+        assert!(
+            r.claim("python3", "ada", &ada).unwrap().is_none(),
+            "not ready yet"
+        );
+        a.mark_ready(1);
+        assert!(
+            r.claim("other", "ada", &ada).unwrap().is_none(),
+            "other spec"
+        );
+        let (got, _) = r.claim("python3", "ada", &ada).unwrap().unwrap();
+        assert_eq!(got.id, "a");
+        assert!(got.is_users("ada"));
+        assert_eq!(got.env(), ada);
+        let record = r.record_of("a").unwrap();
+        assert_eq!(record.pool, None);
+        assert_eq!(record.env, ada);
+        assert_eq!(r.list().len(), 1);
+        assert!(r.pooled(None).is_empty());
+        // The claimed kernel counts for ada now: her next claim is refused, bob's is not.
+        let (b, rec) = kernel("b");
+        b.mark_ready(1);
+        r.pool(b, rec);
+        assert!(matches!(
+            r.claim("python3", "ada", &ada),
+            Err(LimitError::PerUser { .. })
+        ));
+        assert_eq!(
+            r.pooled(Some("python3")).len(),
+            1,
+            "a refused claim takes nothing"
+        );
+        assert!(r.unpool("b").is_some());
+        assert!(r.unpool("b").is_none(), "taken once");
+        assert!(
+            r.claim("python3", "bob", &BTreeMap::new())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod leave;
 mod logs;
 mod nbrun;
 mod policy;
+mod pool;
 mod resources;
 mod shape;
 mod soak;
