@@ -19,6 +19,7 @@
 mod clients;
 mod env;
 mod error;
+mod keeper;
 mod kernel;
 mod launch;
 mod lifecycle;

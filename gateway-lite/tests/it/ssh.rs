@@ -515,6 +515,9 @@ async fn ssh_least_connection_fills_the_emptiest_host() {
     assert_ne!(ha, hb, "one kernel per host first");
     let (status, _, _) = gw.http("DELETE", &format!("/api/kernels/{b}"), None).await;
     assert_eq!(status, 204);
+    // The DELETE is answered once the kernel acknowledged its shutdown; its host counts it
+    // until its process has gone.
+    wait_gone(&b).await;
     // Round-robin would now pick `ha`'s host again; least-connection picks the empty one.
     let c = gw.start_kernel("dist").await;
     assert_eq!(hosts.index_of(&kernel_ns(&gw, &c).await), hb);

@@ -362,10 +362,12 @@ async fn a_strangers_comm_requests_leave_the_kernel_alive() {
         s.write_all(request).unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        processes_of(&id),
-        pids,
-        "a stranger's request reached the kernel"
+    // Every process of the kernel is still there (the kernel may have started helpers of its
+    // own meanwhile: only a lost process would mean a stranger's request was obeyed).
+    let now = processes_of(&id);
+    assert!(
+        pids.iter().all(|p| now.contains(p)),
+        "a stranger's request reached the kernel: {pids:?} before, {now:?} after"
     );
     let mut c = gw.connect(&id, false).await;
     assert_eq!(c.execute("1+1").await.text, "2");
