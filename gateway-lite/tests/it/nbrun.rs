@@ -57,11 +57,41 @@ pub(crate) async fn run(gw: &Gateway, args: &[&str]) -> Ran {
         .await
         .expect("gateway-lite run ended in time")
         .expect("gateway-lite run started");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Ran::from(out)
+}
+
+impl From<std::process::Output> for Ran {
+    fn from(out: std::process::Output) -> Self {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
+}
+
+/// Waits until a cell of the running `child` has created `marker`, sends the run `signal`, and
+/// collects how it ended.
+async fn signal_when_running(
+    child: tokio::process::Child,
+    marker: &Path,
+    signal: nix::sys::signal::Signal,
+) -> Ran {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !marker.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cell never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    Ran::from(out)
 }
 
 pub(crate) fn write_nb(dir: &Path, name: &str, sources: &[&str]) -> PathBuf {
@@ -374,25 +404,7 @@ async fn sigint_interrupts_the_kernel_saves_deletes_and_exits_130() {
     );
     let nb = write_nb(&d, "sig.ipynb", &["x = 1", &code, "print('never')"]);
     let child = command(&gw, &[nb.to_str().unwrap()]).spawn().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !marker.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cell never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let ran = Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let ran = signal_when_running(child, &marker, nix::sys::signal::Signal::SIGINT).await;
     assert_eq!(ran.code, 130, "{}\n{}", ran.stdout, ran.stderr);
     assert!(ran.stderr.contains("SIGINT received"), "{}", ran.stderr);
     assert_deleted(&gw, &ran).await;
@@ -624,25 +636,7 @@ async fn env_and_cwd_reach_the_kernel_and_sigterm_exits_143() {
     )
     .spawn()
     .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !marker.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cell never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let ran = Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let ran = signal_when_running(child, &marker, nix::sys::signal::Signal::SIGTERM).await;
     assert_eq!(ran.code, 143, "{}\n{}", ran.stdout, ran.stderr);
     assert_deleted(&gw, &ran).await;
     let saved = read(&d.join("term.out.ipynb"));
