@@ -314,6 +314,10 @@ def venv_root(python: str) -> str:
 # ----------------------------------------------------------------------------- scenarios
 
 
+# What Toree's REPL prints when it re-binds `lastException` after an interrupt.
+TOREE_REBIND = "lastException = null"
+
+
 def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: KernelImage, swarm: bool) -> None:
     """Through EG's REST and WebSocket API: start the kernel, see its container (or service) with
     EG's kernel_id label, run a cell, interrupt a sleeping cell and check the kernel survived,
@@ -356,6 +360,11 @@ def run_container_lifecycle(rest, client: docker.DockerClient, spec: str, img: K
             if img.interrupted:
                 assert img.interrupted in (res.ename or "") + res.text, f"interrupted cell: {res}"
             res = ch.execute(img.cell, timeout=EXEC_TIMEOUT)
+            if img.expect not in res.text and res.text.strip() == TOREE_REBIND:
+                # Toree 0.5.0 quirk: the first cell after an interrupt sometimes answers with
+                # only its REPL's re-binding of `lastException` and drops the cell's own value
+                # (seen once in ~20 runs). The kernel is fine: the same cell asked again answers.
+                res = ch.execute(img.cell, timeout=EXEC_TIMEOUT)
             assert res.status == "ok" and img.expect in res.text, f"after interrupt {img.cell!r} -> {res}"
         finally:
             ch.close()
