@@ -37,7 +37,9 @@ What is measured, per gateway, per rep:
              "nor on a 2nd WS" are dead kernels, the difference was lost by the gateway; with the number of "Address already in use" lines the kernels logged
              meanwhile (a kernel dies when another launcher handed the same port to its kernel
              first) and the wall time until all answered; then DELETE
-             all (concurrently): time until every DELETE answered and until every process of
+             all at once (one thread per kernel, its connection open before a barrier releases
+             them all; first the same for as many unknown ids, whose 404s are the client's own
+             floor): time from the release until every DELETE answered and until every process of
              those kernels (found via KERNEL_ID in /proc/*/environ plus descendants, taken before
              the DELETEs) is gone (30 s grace); "left" counts survivors, kernels still answering
              GET /api/kernels/<id> or listed by GET /api/kernels (EG runs with
@@ -485,6 +487,43 @@ def parallel(fn, items) -> list:
     return out
 
 
+def delete_at_once(rest: JupyterRest, ids: list[str]) -> dict:
+    """DELETE every id at once: one thread per id opens its HTTP connection first, then all are
+    released by one barrier (its release is t0) and each sends its DELETE and reads the answer.
+    Connection set-up and thread start-up are thus outside the measured time, for every gateway
+    alike; what is measured is the gateway answering len(ids) DELETEs that arrive together.
+    Returns t0, the statuses (None for an exception) and wall_s = last answer - t0."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(rest.base_url)
+    base_path = url.path.rstrip("/")
+    t0_box: list[float] = []
+    barrier = threading.Barrier(len(ids), action=lambda: t0_box.append(time.monotonic()))
+
+    def one(kid):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+        try:
+            conn.connect()
+            barrier.wait()
+            conn.request("DELETE", f"{base_path}/api/kernels/{kid}", headers=rest.headers)
+            resp = conn.getresponse()
+            resp.read()
+            return (resp.status, time.monotonic())
+        finally:
+            conn.close()
+
+    results = parallel(one, ids)
+    t0 = t0_box[0] if t0_box else time.monotonic()
+    done = [r[1] for r in results if isinstance(r, tuple)]
+    return {
+        "t0": t0,
+        "statuses": [r[0] if isinstance(r, tuple) else None for r in results],
+        "wall_s": (max(done) - t0) if done else float("nan"),
+        "answered_s": sorted(round(t - t0, 4) for t in done),
+    }
+
+
 def storm(gw: Gateway, n: int, rss_after: bool) -> dict:
     rest = gw.rest()
     barrier = threading.Barrier(n)
@@ -538,12 +577,15 @@ def storm(gw: Gateway, n: int, rss_after: bool) -> dict:
     # Whatever the gateway lists counts too (a failed POST may still have left a kernel).
     ids = sorted(set(ok) | listed_ids(rest))
     procs = set().union(*procs_by_kernel(set(ids)).values()) if ids else set()
-    t0 = time.monotonic()
-    statuses = parallel(
-        lambda k: requests.delete(f"{rest.base_url}/api/kernels/{k}", headers=rest.headers, timeout=120).status_code,
-        ids)
-    out["delete_s"] = time.monotonic() - t0
-    out["delete_failures"] = sum(1 for s in statuses if s != 204)
+    # The client's own floor first: as many DELETEs of ids no gateway knows (404), sent the same way.
+    floor = delete_at_once(rest, [str(uuid.uuid4()) for _ in ids])
+    out["delete_floor_s"] = floor["wall_s"]
+    out["delete_floor_not_404"] = sum(1 for s in floor["statuses"] if s != 404)
+    deleted = delete_at_once(rest, ids)
+    t0 = deleted["t0"]
+    out["delete_s"] = deleted["wall_s"]
+    out["delete_answered_s"] = deleted["answered_s"]
+    out["delete_failures"] = sum(1 for s in deleted["statuses"] if s != 204)
     left = wait_gone(procs, timeout=30)
     out["delete_gone_s"] = time.monotonic() - t0
     still = {k for k in ids if still_there(rest, k)} | (listed_ids(rest) & set(ids))
@@ -629,6 +671,7 @@ def summarize(r: dict) -> dict:
         s[f"storm{n}_wall"] = st["wall_s"]
         s[f"storm{n}_info"] = st["wall_info_s"]
         s[f"storm{n}_del"] = st["delete_s"]
+        s[f"storm{n}_delfloor"] = st["delete_floor_s"]
         s[f"storm{n}_gone"] = st["delete_gone_s"]
         s[f"storm{n}_left"] = st["left_processes"] + st["left_listed"] + st["delete_failures"]
         if "gateway_rss_mb" in st:
@@ -670,6 +713,7 @@ def report(all_reps: list[dict[str, dict]]) -> dict[str, dict]:
             (f"storm {n}: EADDRINUSE in kernel logs", f"storm{n}_eaddr", ".0f", ""),
             (f"storm {n}: wall until all 201 (s)", f"storm{n}_wall", ".2f", ""),
             (f"storm {n}: wall until all kernel_info (s)", f"storm{n}_info", ".2f", ""),
+            (f"storm {n}: DELETE unknown ids -> 404s (client floor, s)", f"storm{n}_delfloor", ".2f", ""),
             (f"storm {n}: DELETE all -> 204s (s)", f"storm{n}_del", ".2f", ""),
             (f"storm {n}: DELETE all -> procs gone (s)", f"storm{n}_gone", ".2f", ""),
             (f"storm {n}: left after DELETE", f"storm{n}_left", ".0f", "0"),
@@ -696,7 +740,8 @@ def report(all_reps: list[dict[str, dict]]) -> dict[str, dict]:
         parts = []
         for lab in labels:
             d, g = med[lab].get(f"storm{n}_del"), med[lab].get(f"storm{n}_gone")
-            parts.append(f"{lab} {fmt(d, '.2f')} s (gone {fmt(g, '.2f')} s)")
+            f = med[lab].get(f"storm{n}_delfloor")
+            parts.append(f"{lab} {fmt(d, '.2f')} s (gone {fmt(g, '.2f')} s; client floor {fmt(f, '.2f')} s)")
         b, others = med[base].get(f"storm{n}_del"), [med[lab].get(f"storm{n}_del") for lab in labels[1:]]
         ratios = [f"{fmt(v / b, '.2f')}x" for v in others if v is not None and b and v == v and b == b]
         print(f"DELETE{n}: " + "; ".join(parts) + (f"; EG/gl {', '.join(ratios)}" if ratios else ""))
