@@ -12,13 +12,14 @@
 //! nothing in the connection file says which happened. Reporting keys for such a kernel would
 //! make every gateway connection fail its handshake, so before the payload is sent the launcher
 //! asks the kernel: once the heartbeat port accepts connections (the kernel has bound it), it
-//! exchanges ZMTP greetings there and reads the mechanism the kernel's socket announces
-//! ([`protocol::zmtp`]), then hangs up. The heartbeat is asked because a connection to it has
+//! starts a ZMTP greeting there, reads the mechanism the kernel's socket announces in its own
+//! ([`protocol::zmtp`]), and hangs up. The heartbeat is asked because a connection to it has
 //! no side effects; libzmq drops a connection that fails its handshake without a message or a
 //! log line in ipykernel, and the heartbeat keeps answering (tests/it/curve.rs checks both).
 //!
 //! Then: CURVE, the payload carries both keys; NULL under `auto`, a warning and a payload
-//! without keys (the connection file is rewritten without them too); NULL under `required`,
+//! without keys (the connection file keeps them: ipykernel rewrites the file itself while it
+//! starts, so a rewrite here would race with it); NULL under `required`,
 //! the gateway is sent the payload without keys, which gateway_provisioners refuses with its
 //! own "did not return valid CurveZMQ keys" error naming the kernel, the kernel is stopped and
 //! the launcher exits [`EXIT_NO_CURVE`]. Under `none` (the default) nothing of this runs.
@@ -167,14 +168,16 @@ pub fn probe(addr: SocketAddr, running: &dyn Fn() -> bool, patience: Duration) -
     }
 }
 
-/// Sends our greeting (CURVE, as a client), reads the peer's, hangs up.
+/// Sends the start of a greeting (signature and major version), reads the peer's whole
+/// greeting, hangs up: the peer never sees a mechanism of ours, so it has no mismatch to close
+/// on before its own greeting is out (see [`protocol::zmtp`]).
 fn exchange(mut stream: TcpStream) -> Result<Greeting, String> {
     let io = |e: io::Error| e.to_string();
     stream.set_nodelay(true).map_err(io)?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     stream
-        .write_all(&zmtp::greeting(&Mechanism::Curve, false))
+        .write_all(&zmtp::greeting(&Mechanism::Curve, false)[..zmtp::PREFIX_LEN])
         .map_err(io)?;
     let mut buf = [0u8; GREETING_LEN];
     let mut got = 0;

@@ -295,6 +295,7 @@ impl Reporter {
     }
 
     /// Probes (with keys), then reports `info` (its keys removed unless the kernel uses them).
+    /// The connection file is left as the kernel read it.
     fn run(self, mut info: ConnectionInfo, events: &mpsc::Sender<Event>) {
         let mut refused = false;
         if let Some((policy, hb)) = self.curve {
@@ -313,11 +314,17 @@ impl Reporter {
                 }
                 Verdict::Clear(warning) => {
                     log::warn!("{warning}");
-                    self.drop_keys(&mut info);
+                    if self.target.is_none() {
+                        log::warn!(
+                            "the connection file {} keeps the curve keys the kernel ignored (rewriting it would race with the kernel's own rewrite); clients reading it must leave them out",
+                            self.connection_file.display()
+                        );
+                    }
+                    curve::remove_from(&mut info.extra);
                 }
                 Verdict::Refused(error) => {
                     log::error!("{error}");
-                    self.drop_keys(&mut info);
+                    curve::remove_from(&mut info.extra);
                     refused = true;
                 }
             }
@@ -331,18 +338,6 @@ impl Reporter {
             let _ = events.send(Event::Reported(result));
         } else if refused {
             let _ = events.send(Event::CurveRefused);
-        }
-    }
-
-    /// Takes the keys out of `info` and of the connection file, which then tells the truth to
-    /// anyone else who reads it.
-    fn drop_keys(&self, info: &mut ConnectionInfo) {
-        curve::remove_from(&mut info.extra);
-        if let Err(e) = ConnectionFile::write(&self.connection_file, info) {
-            log::warn!(
-                "cannot rewrite the connection file {} without the curve keys: {e}",
-                self.connection_file.display()
-            );
         }
     }
 

@@ -5,8 +5,8 @@
 //! transport encryption, but only a kernel that reads them (ipykernel >= 7.3) binds its sockets
 //! as CURVE servers; an older kernel ignores them and stays on NULL. Reporting keys for a NULL
 //! kernel would make the gateway's CURVE clients fail every handshake, so the launcher asks the
-//! kernel instead: it connects to the heartbeat port, exchanges greetings, reads the mechanism
-//! field and hangs up. This module is the sans-IO half: [`greeting`] builds our 64 bytes and
+//! kernel instead: it connects to the heartbeat port, starts a greeting, reads the kernel's
+//! mechanism field and hangs up before it has sent a mechanism of its own. This module is the sans-IO half: [`greeting`] builds our 64 bytes and
 //! [`parse_greeting`] reads the peer's, totally (any bytes give a [`Greeting`] or a
 //! [`GreetingError`]).
 //!
@@ -20,22 +20,31 @@
 //!        33      filler: 31 bytes
 //! ```
 //!
-//! Interop facts (libzmq 4.3 as bundled by pyzmq 27, seen against ipykernel 6.31 and 7.4):
-//! - libzmq announces version 3.1 and fills the signature's padding with a big-endian
-//!   `u64` (its routing-id length + 1), not zeros: the padding is not checked here.
-//! - libzmq sends only the 10-byte signature first and the rest of its greeting once it has
-//!   read the peer's signature and version, so a prober must send its own greeting before it
-//!   waits for all 64 bytes.
-//! - The server sends its whole greeting before it compares mechanisms; on a mismatch (our
-//!   CURVE against its NULL) it then closes the connection. A CURVE server that sees our CURVE
-//!   greeting waits for a HELLO command, and closing instead is a silent handshake failure.
-//!   Neither is logged by ipykernel (it has no socket monitor), and the heartbeat keeps
-//!   answering other clients.
+//! Interop facts (libzmq 4.3.5 as bundled by pyzmq 27.3; ROUTER sockets as ipykernel binds
+//! them, NULL and CURVE):
+//! - libzmq announces version 3.1 and fills the signature's padding with a big-endian `u64`
+//!   (its routing-id length + 1, so `00 .. 00 01`), not zeros: the padding is not checked here.
+//! - libzmq sends its greeting in steps: the 10-byte signature at once, the major version once
+//!   it has read the peer's signature, and the rest (minor version, mechanism, as-server,
+//!   filler) once it has read the peer's major version. So the first [`PREFIX_LEN`] bytes of
+//!   our greeting (signature and major version, the split ZMTP 3.0 itself describes for
+//!   version detection) are enough to get the peer's whole greeting.
+//! - Sending all 64 bytes instead does not work as a probe: as soon as libzmq has read a peer
+//!   greeting whose mechanism differs from its own, it closes the connection, and in practice
+//!   before the rest of its own greeting has left (a NULL server greeted with CURVE, or a CURVE
+//!   server greeted with NULL, sent only its 10-byte signature, every time). Only a matching
+//!   guess shows the mechanism, which is no probe at all.
+//! - A peer that hangs up after the 11 bytes is a handshake that never finished: libzmq drops
+//!   it without a message, ipykernel logs nothing (it has no socket monitor), and the socket
+//!   goes on serving other peers.
 //! - ZMTP 1.0 and 2.0 peers send a different, shorter greeting; their version byte (offset 10)
 //!   is below 3 and they give [`GreetingError::Version`].
 
 /// Length of a ZMTP 3.x greeting.
 pub const GREETING_LEN: usize = 64;
+/// Length of the signature and major version at the start of a greeting: what a peer must
+/// have seen before it sends the rest of its own (see the module notes).
+pub const PREFIX_LEN: usize = 11;
 /// Offset of the mechanism field.
 const MECHANISM_AT: usize = 12;
 /// Length of the mechanism field.
