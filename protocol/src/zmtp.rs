@@ -34,6 +34,7 @@
 //!   before the rest of its own greeting has left (a NULL server greeted with CURVE, or a CURVE
 //!   server greeted with NULL, sent only its 10-byte signature, every time). Only a matching
 //!   guess shows the mechanism, which is no probe at all.
+//! - The as-server byte is no guide: a libzmq CURVE server greets with 0 there.
 //! - A peer that hangs up after the 11 bytes is a handshake that never finished: libzmq drops
 //!   it without a message, ipykernel logs nothing (it has no socket monitor), and the socket
 //!   goes on serving other peers.
