@@ -5,7 +5,9 @@
 //! holding its ports, which the kernel's SO_REUSEADDR binds share, until it
 //! exits: see `ports`); the comm port starts serving; and the payload, which
 //! carries the kernel's pid, is delivered on its own thread so signals and
-//! comm requests are handled while the gateway is still being reached. The
+//! comm requests are handled while the gateway is still being reached (with
+//! `--transport-encryption`, that thread first waits for the kernel's heartbeat
+//! port and probes it: see `curve`). The
 //! launcher is never in the kernel's message path, so after this it only
 //! supervises.
 
@@ -107,7 +109,7 @@ pub fn run(config: Config) -> i32 {
         }
     };
     let kp = reservation.kernel_ports();
-    let info = ConnectionInfo {
+    let mut info = ConnectionInfo {
         shell_port: kp.shell,
         iopub_port: kp.iopub,
         stdin_port: kp.stdin,
@@ -120,7 +122,6 @@ pub fn run(config: Config) -> i32 {
         kernel_name: String::new(),
         extra: Default::default(),
     };
-    let mut info = info;
     if config.transport_encryption.is_some() {
         match KeyPair::generate() {
             Ok(keys) => keys.insert_into(&mut info.extra),
