@@ -71,6 +71,15 @@ pub enum SparkMode {
     Eager,
 }
 
+/// gateway_provisioners 0.5.0's transport-encryption policy (`--transport-encryption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEncryption {
+    /// CurveZMQ keys if the kernel takes them, else clear text with a warning.
+    Auto,
+    /// CurveZMQ keys, or the launch fails.
+    Required,
+}
+
 /// Where the launcher reports the connection payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseAddress {
@@ -105,8 +114,8 @@ pub struct Config {
     pub cluster_type: String,
     pub kernel_class_name: Option<String>,
     pub app_name: Option<String>,
-    /// GP 0.5.0 CurveZMQ policy: `auto`, `required`, or `None` when disabled.
-    pub transport_encryption: Option<String>,
+    /// GP 0.5.0 CurveZMQ policy; `None` when disabled.
+    pub transport_encryption: Option<TransportEncryption>,
     pub kernel: KernelCommand,
     pub connection_file: PathBuf,
     /// Address the kernel ports and the comm port are bound on.
@@ -431,32 +440,26 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
         ));
     }
 
-    let transport_encryption = raw
+    let transport_encryption = match raw
         .get("transport-encryption")
         .map(str::to_string)
         .or_else(|| env_get("TRANSPORT_ENCRYPTION"))
-        .map(|s| s.to_ascii_lowercase());
-    match transport_encryption.as_deref() {
-        None | Some("auto") => {}
-        Some("required") => {
-            return Err(ConfigError::new(
-                "--transport-encryption (env TRANSPORT_ENCRYPTION)",
-                "`required` asks for CurveZMQ keys, which this launcher does not generate yet; use `auto` (plaintext with a warning) or leave it empty",
-            ));
-        }
+        .map(|s| s.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        // gateway_provisioners' own word for "off"; "" and the unfilled placeholder are absent.
+        None | Some("none" | "disabled") => None,
+        Some("auto") => Some(TransportEncryption::Auto),
+        Some("required") => Some(TransportEncryption::Required),
         Some(other) => {
             return Err(ConfigError::new(
                 "--transport-encryption (env TRANSPORT_ENCRYPTION)",
-                format!("`{other}` is not one of auto, required, or empty"),
+                format!(
+                    "`{other}` is not one of none, auto, required (or empty for none); gateway_provisioners fills it from {{transport_encryption}}"
+                ),
             ));
         }
-    }
-    if transport_encryption.as_deref() == Some("auto") {
-        warnings.push(
-            "--transport-encryption auto: CurveZMQ keys are not generated; the kernel runs over plain TCP with HMAC-signed messages"
-                .to_string(),
-        );
-    }
+    };
 
     let spark_submit = env("PYSPARK_GATEWAY_PORT").is_some();
     let mut positionals = raw.positionals.clone();

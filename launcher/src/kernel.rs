@@ -120,6 +120,14 @@ impl Kernel {
         ignores_sigint(&status)
     }
 
+    /// Whether the kernel process itself still runs (exists and is not a zombie).
+    pub fn is_running(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+    }
+
     /// Whether any process (zombies included) is left in the kernel's group.
     pub fn group_exists(&self) -> bool {
         !matches!(killpg(Pid::from_raw(self.pid), None), Err(Errno::ESRCH))

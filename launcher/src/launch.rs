@@ -5,21 +5,28 @@
 //! holding its ports, which the kernel's SO_REUSEADDR binds share, until it
 //! exits: see `ports`); the comm port starts serving; and the payload, which
 //! carries the kernel's pid, is delivered on its own thread so signals and
-//! comm requests are handled while the gateway is still being reached. The
+//! comm requests are handled while the gateway is still being reached (with
+//! `--transport-encryption`, that thread first waits for the kernel's heartbeat
+//! port and probes it: see `curve`). The
 //! launcher is never in the kernel's message path, so after this it only
 //! supervises.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use nix::unistd::getpid;
 use protocol::connection::ConnectionInfo;
-use protocol::payload::{self, LaunchReport};
+use protocol::payload::{self, LaunchReport, PublicKey};
 use protocol::signed;
 
 use crate::comm::CommPort;
-use crate::config::{BindAddress, Config};
+use crate::config::{BindAddress, Config, ResponseAddress, TransportEncryption};
 use crate::connfile::ConnectionFile;
+use crate::curve::{self, KeyPair, Verdict};
 use crate::identity::{Identity, PrivateHome};
 use crate::kernel::Kernel;
 use crate::ports;
@@ -102,7 +109,7 @@ pub fn run(config: Config) -> i32 {
         }
     };
     let kp = reservation.kernel_ports();
-    let info = ConnectionInfo {
+    let mut info = ConnectionInfo {
         shell_port: kp.shell,
         iopub_port: kp.iopub,
         stdin_port: kp.stdin,
@@ -115,6 +122,17 @@ pub fn run(config: Config) -> i32 {
         kernel_name: String::new(),
         extra: Default::default(),
     };
+    if config.transport_encryption.is_some() {
+        match KeyPair::generate() {
+            Ok(keys) => keys.insert_into(&mut info.extra),
+            Err(e) => {
+                log::error!(
+                    "cannot make a CurveZMQ key pair: the random number generator failed: {e}"
+                );
+                return EXIT_OSERR;
+            }
+        }
+    }
     let connfile = match ConnectionFile::write(&config.connection_file, &info) {
         Ok(f) => f,
         Err(e) => {
@@ -206,45 +224,29 @@ pub fn run(config: Config) -> i32 {
         kp.hb
     );
 
-    if let (Some(address), Some(key)) =
-        (config.response_address.clone(), config.public_key.as_ref())
-    {
-        let report = LaunchReport {
-            connection: info,
-            kernel_id: config.kernel_id.clone(),
-            pid: Some(i64::from(kernel.pid)),
-            pgid: Some(i64::from(kernel.pid)),
-            comm_port: Some(comm_port),
-            launch_secret: config.secret.clone(),
-        };
-        match payload::encrypt(key, &report.to_json()) {
-            Ok(payload) => {
-                // gateway-lite checks the seal before it decrypts anything.
-                let sealed = match &config.secret {
-                    Some(secret) => signed::seal_payload(secret.as_bytes(), payload.as_bytes()),
-                    None => payload.into_bytes(),
-                };
-                let tx = tx.clone();
-                let timeout = config.response_timeout;
-                let spawned = std::thread::Builder::new()
-                    .name("report".into())
-                    .spawn(move || {
-                        let from = (!ip.is_unspecified()).then_some(ip);
-                        let result = report::deliver(&address, from, &sealed, timeout);
-                        let _ = tx.send(Event::Reported(result));
-                    });
-                if let Err(e) = spawned {
-                    log::error!("cannot start the payload thread: {e}");
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Event::Reported(Err(report::ReportError {
-                    address: address.to_string(),
-                    attempts: 0,
-                    waited: std::time::Duration::ZERO,
-                    last: std::io::Error::other(format!("cannot encrypt the payload: {e}")),
-                })));
-            }
+    let reporter = Reporter {
+        kernel_id: config.kernel_id.clone(),
+        kernel,
+        comm_port,
+        secret: config.secret.clone(),
+        target: config
+            .response_address
+            .clone()
+            .zip(config.public_key.clone()),
+        timeout: config.response_timeout,
+        from: (!ip.is_unspecified()).then_some(ip),
+        curve: config
+            .transport_encryption
+            .map(|policy| (policy, curve::local_address(ip, kp.hb))),
+        connection_file: connfile.path().to_path_buf(),
+    };
+    if reporter.has_work() {
+        let tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("report".into())
+            .spawn(move || reporter.run(info, &tx));
+        if let Err(e) = spawned {
+            log::error!("cannot start the payload thread: {e}");
         }
     }
 
@@ -270,6 +272,104 @@ pub fn run(config: Config) -> i32 {
     home.iter().for_each(PrivateHome::remove);
     log::info!("kernel-launcher exiting with code {code}");
     code
+}
+
+/// The work of the `report` thread: the CurveZMQ probe (when asked for), then the payload.
+struct Reporter {
+    kernel_id: String,
+    kernel: Kernel,
+    comm_port: u16,
+    secret: Option<String>,
+    /// The gateway's response address and key; `None` in pull mode.
+    target: Option<(ResponseAddress, PublicKey)>,
+    timeout: Duration,
+    /// Local address to send the payload from.
+    from: Option<IpAddr>,
+    /// The policy and the kernel's heartbeat address, with `--transport-encryption`.
+    curve: Option<(TransportEncryption, SocketAddr)>,
+    connection_file: PathBuf,
+}
+
+impl Reporter {
+    fn has_work(&self) -> bool {
+        self.target.is_some() || self.curve.is_some()
+    }
+
+    /// Probes (with keys), then reports `info` (its keys removed unless the kernel uses them).
+    /// The connection file is left as the kernel read it.
+    fn run(self, mut info: ConnectionInfo, events: &mpsc::Sender<Event>) {
+        let mut refused = false;
+        if let Some((policy, hb)) = self.curve {
+            let kernel = self.kernel;
+            let probe = curve::probe(hb, &|| kernel.is_running(), curve::PROBE_PATIENCE);
+            match curve::decide(policy, &self.kernel_id, &probe) {
+                Verdict::Encrypted => log::info!(
+                    "kernel {} binds its sockets as CurveZMQ servers; the payload carries the curve keys",
+                    self.kernel_id
+                ),
+                Verdict::KernelGone => {
+                    log::info!(
+                        "the kernel exited before it bound its heartbeat port; nothing to report"
+                    );
+                    return;
+                }
+                Verdict::Clear(warning) => {
+                    log::warn!("{warning}");
+                    if self.target.is_none() {
+                        log::warn!(
+                            "the connection file {} keeps the curve keys the kernel ignored (rewriting it would race with the kernel's own rewrite); clients reading it must leave them out",
+                            self.connection_file.display()
+                        );
+                    }
+                    curve::remove_from(&mut info.extra);
+                }
+                Verdict::Refused(error) => {
+                    log::error!("{error}");
+                    curve::remove_from(&mut info.extra);
+                    refused = true;
+                }
+            }
+        }
+        if let Some((address, key)) = &self.target {
+            let result = self.deliver(info, address, key);
+            // The refusal only after the delivery: the gateway hears of it before the kernel stops.
+            if refused {
+                let _ = events.send(Event::CurveRefused);
+            }
+            let _ = events.send(Event::Reported(result));
+        } else if refused {
+            let _ = events.send(Event::CurveRefused);
+        }
+    }
+
+    fn deliver(
+        &self,
+        connection: ConnectionInfo,
+        address: &ResponseAddress,
+        key: &PublicKey,
+    ) -> Result<u32, report::ReportError> {
+        let report = LaunchReport {
+            connection,
+            kernel_id: self.kernel_id.clone(),
+            pid: Some(i64::from(self.kernel.pid)),
+            pgid: Some(i64::from(self.kernel.pid)),
+            comm_port: Some(self.comm_port),
+            launch_secret: self.secret.clone(),
+        };
+        let payload =
+            payload::encrypt(key, &report.to_json()).map_err(|e| report::ReportError {
+                address: address.to_string(),
+                attempts: 0,
+                waited: Duration::ZERO,
+                last: std::io::Error::other(format!("cannot encrypt the payload: {e}")),
+            })?;
+        // gateway-lite checks the seal before it decrypts anything.
+        let sealed = match &self.secret {
+            Some(secret) => signed::seal_payload(secret.as_bytes(), payload.as_bytes()),
+            None => payload.into_bytes(),
+        };
+        report::deliver(address, self.from, &sealed, self.timeout)
+    }
 }
 
 /// Orphaned grandchildren must come back to the launcher to be reaped. As

@@ -9,6 +9,7 @@ mod comm;
 mod command;
 mod config;
 mod connfile;
+mod curve;
 mod identity;
 mod kernel;
 mod kernelspec;

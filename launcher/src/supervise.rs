@@ -38,6 +38,7 @@ use protocol::comm::CommRequest;
 use signal_hook::consts::signal::*;
 
 use crate::comm::CommPort;
+use crate::curve::EXIT_NO_CURVE;
 use crate::kernel::Kernel;
 use crate::report::ReportError;
 
@@ -67,6 +68,8 @@ pub enum Event {
     Reported(Result<u32, ReportError>),
     /// The launcher's parent went away (exit-with-parent mode).
     ParentGone(&'static str),
+    /// `--transport-encryption required`, and the kernel does not do CurveZMQ (already logged).
+    CurveRefused,
 }
 
 /// How the kernel ended.
@@ -249,6 +252,13 @@ impl Supervisor {
                 self.terminate();
             }
             Event::ParentGone(why) => self.on_parent_gone(why),
+            Event::CurveRefused => {
+                log::info!(
+                    "stopping the kernel: it cannot do the required transport encryption (exit {EXIT_NO_CURVE})"
+                );
+                self.failure = Some(EXIT_NO_CURVE);
+                self.terminate();
+            }
         }
     }
 

@@ -14,6 +14,8 @@
 //! - [`quantity`]: resource amounts in the kernel variables (`KERNEL_MEMORY=512Mi`, ...).
 //! - [`wire`]: Jupyter wire-message frames and their HMAC-SHA256 signature; channel names.
 //! - [`wsframe`]: the two WebSocket framings of kernel messages (legacy JSON and v1).
+//! - [`z85`]: ZeroMQ's base-85 text form of CurveZMQ keys.
+//! - [`zmtp`]: the ZMTP 3.x greeting, which names a ZeroMQ socket's security mechanism.
 //! - [`spec`]: prose description of these formats, with the upstream documents they follow.
 //! - [`testing`]: a deterministic RNG for tests and fuzzing (never for production).
 //!
@@ -34,6 +36,8 @@ pub mod spec;
 pub mod testing;
 pub mod wire;
 pub mod wsframe;
+pub mod z85;
+pub mod zmtp;
 
 /// The RNG traits taken by the `*_with_rng` functions (the `rand_core` version used by `rsa`).
 pub use rsa::rand_core;

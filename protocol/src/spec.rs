@@ -83,3 +83,21 @@
 //! `"<lower>..<upper>"`, inclusive. Equal bounds (including `"0..0"`) mean "unrestricted".
 //! Otherwise `upper - lower` must be at least `EG_MIN_PORT_RANGE_SIZE` (default 1000), and
 //! both bounds must be within 1024..=65535.
+//!
+//! # Z85 ([`crate::z85`])
+//!
+//! Source: ZeroMQ RFC 32 (Z85). CurveZMQ keys (RFC 26) in connection files and payloads.
+//!
+//! Each 4 bytes, read as a big-endian 32-bit number, become 5 digits (most significant first)
+//! from `0-9 a-z A-Z .-:+=^!/*?&<>()[]{}@%$#`. A 32-byte key is 40 characters. Binary input must
+//! be a multiple of 4 bytes, text a multiple of 5 characters, and a 5-digit group must not
+//! exceed 2^32 - 1.
+//!
+//! # ZMTP 3.x greeting ([`crate::zmtp`])
+//!
+//! Source: ZeroMQ RFC 23 (ZMTP 3.0) and RFC 37 (ZMTP 3.1), section "The Greeting".
+//!
+//! Each side of a ZeroMQ TCP connection first sends 64 bytes: `0xFF`, 8 padding bytes, `0x7F`,
+//! the version (major 3, minor 0 or 1), the security mechanism's name NUL-padded to 20 bytes
+//! (`NULL`, `PLAIN`, `CURVE`), an as-server byte (0 or 1) and 31 filler bytes. Both sides must
+//! use the same mechanism; the handshake that follows is the mechanism's own.

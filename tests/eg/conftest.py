@@ -58,6 +58,8 @@ class Paths:
     py_kernel: str
     py_eg: str
     py_gp: str
+    # ipykernel 7.4 (CurveZMQ capable), for the transport-encryption tests.
+    py_lab: str
     eg_sdist: Path
     ir_jupyter_path: Path
     r: str
@@ -73,11 +75,12 @@ def paths() -> Paths:
         py_kernel=_need("KL_PY_KERNEL"),
         py_eg=_need("KL_PY_EG"),
         py_gp=_need("KL_PY_GP"),
+        py_lab=_need("KL_PY_LAB"),
         eg_sdist=Path(_need("KL_EG_SDIST")),
         ir_jupyter_path=Path(_need("KL_JUPYTER_PATH")),
         r=KL_ENV.get("KL_R") or "/usr/bin/R",
     )
-    for exe in (p.py_kernel, p.py_eg, p.py_gp, p.r):
+    for exe in (p.py_kernel, p.py_eg, p.py_gp, p.py_lab, p.r):
         if not os.access(exe, os.X_OK):
             pytest.fail(f"{exe} is not executable: run scripts/setup-env.sh", pytrace=False)
     if not p.eg_launch_ipykernel.is_file():
@@ -175,10 +178,15 @@ def write_kernelspecs(root: Path, specs: dict[str, Spec]) -> Path:
 
 
 # Kernelspecs written by `kernel-launcher kernelspec install` (the command under test) rather
-# than by this file: (name, --for, --language, interpreter attribute of Paths).
+# than by this file: (name, --language, interpreter attribute of Paths, more options), per --for.
 GENERATED = {
-    "eg": [("gen_kl_py", "python", "py_kernel"), ("gen_kl_ir", "r", "r")],
-    "gp": [("gen_gp_kl_py", "python", "py_kernel")],
+    "eg": [("gen_kl_py", "python", "py_kernel", []), ("gen_kl_ir", "r", "r", [])],
+    "gp": [("gen_gp_kl_py", "python", "py_kernel", [])],
+    # gateway_provisioners asking for CurveZMQ: ipykernel 7.4 takes the keys, 6.31 does not.
+    "gp-curve": [
+        ("gen_gp_curve_py7", "python", "py_lab", ["--transport-encryption", "required"]),
+        ("gen_gp_curve_py6", "python", "py_kernel", ["--transport-encryption", "required"]),
+    ],
 }
 
 
@@ -190,14 +198,15 @@ def install_generated(jupyter_dir: Path, target: str, p: Paths) -> dict[str, Spe
     if not launcher:
         return {}
     out = {}
-    for name, language, interp in GENERATED[target]:
+    for name, language, interp, more in GENERATED[target]:
         d = jupyter_dir / "kernels" / name
         cmd = [
             str(Path(launcher).resolve()),
             "kernelspec",
             "install",
             "--for",
-            target,
+            target.split("-")[0],
+            *more,
             "--mode",
             "local",
             "--language",
@@ -361,6 +370,23 @@ def eg_server(paths, specs, session_dir) -> Server:
 
 @pytest.fixture(scope="session")
 def gp_server(paths, specs, session_dir) -> Server:
+    server = _gp_server(paths, specs, session_dir, "gp", [])
+    yield server
+    _stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def gp_curve_server(paths, specs, session_dir) -> Server:
+    """As gp_server, with Jupyter Server's transport_encryption=required (GP then asks a
+    kernelspec that lists "curve" for CurveZMQ keys), and the "gp-curve" generated specs."""
+    server = _gp_server(
+        paths, specs, session_dir, "gp-curve", ["--MappingKernelManager.transport_encryption=required"]
+    )
+    yield server
+    _stop_server(server)
+
+
+def _gp_server(paths, specs, session_dir, kind: str, more_args: list[str]) -> Server:
     """Jupyter Server 2 with gateway_provisioners 0.5.0's DistributedProvisioner on localhost.
 
     GP's DistributedProvisioner picks a host from GP_REMOTE_HOSTS (default "localhost"),
@@ -368,12 +394,12 @@ def gp_server(paths, specs, session_dir) -> Server:
     localinterfaces), launches the argv locally with jupyter_client's launch_kernel() and
     stdout/stderr -> $GP_KERNEL_LOG_DIR/kernel-<id>.log; otherwise it uses SSH (paramiko).
     """
-    sd = session_dir / "gp"
+    sd = session_dir / kind
     sd.mkdir()
     klog = sd / "kernel-logs"
     klog.mkdir()
     jp = write_kernelspecs(sd / "specs", specs)
-    specs = {**specs, **install_generated(jp, "gp", paths)}
+    specs = {**specs, **install_generated(jp, kind, paths)}
     port = free_port()
     token = uuid.uuid4().hex
     base_url = f"http://127.0.0.1:{port}"
@@ -423,10 +449,9 @@ def gp_server(paths, specs, session_dir) -> Server:
         "--ServerApp.allow_root=True",
         f"--ServerApp.root_dir={sd / 'root'}",
         "--log-level=DEBUG",
+        *more_args,
     ]
-    server = _start_server("gp", cmd, env, base_url, token, sd / "server.log", klog, specs)
-    yield server
-    _stop_server(server)
+    return _start_server("gp", cmd, env, base_url, token, sd / "server.log", klog, specs)
 
 
 # ----------------------------------------------------------------------------- failure context

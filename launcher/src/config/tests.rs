@@ -186,3 +186,47 @@ fn log_levels_follow_python_numbers() {
     );
     assert!(parse_log_level(Some("loud".into())).is_err());
 }
+
+#[test]
+fn transport_encryption_policies() {
+    let te = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["--kernel-id", "k"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--", "k"]);
+        run(&all, env).map(|c| c.transport_encryption)
+    };
+    use TransportEncryption::{Auto, Required};
+    assert_eq!(
+        te(&["--transport-encryption", "auto"], &[]).unwrap(),
+        Some(Auto)
+    );
+    assert_eq!(
+        te(&["--transport-encryption=REQUIRED"], &[]).unwrap(),
+        Some(Required)
+    );
+    assert_eq!(te(&["--transport-encryption", "none"], &[]).unwrap(), None);
+    assert_eq!(te(&["--transport-encryption", ""], &[]).unwrap(), None);
+    assert_eq!(
+        te(&[], &[("TRANSPORT_ENCRYPTION", "required")]).unwrap(),
+        Some(Required)
+    );
+    assert_eq!(
+        te(&[], &[("TRANSPORT_ENCRYPTION", "{transport_encryption}")]).unwrap(),
+        None
+    );
+    // The option wins over the environment.
+    assert_eq!(
+        te(
+            &["--transport-encryption", "auto"],
+            &[("TRANSPORT_ENCRYPTION", "required")]
+        )
+        .unwrap(),
+        Some(Auto)
+    );
+    let e = te(&["--transport-encryption", "curve"], &[]).unwrap_err();
+    assert!(e.option.contains("--transport-encryption"), "{e}");
+    assert!(
+        e.problem.contains("`curve`") && e.problem.contains("none, auto, required"),
+        "{e}"
+    );
+}

@@ -147,6 +147,8 @@ pub struct Options {
     pub ship_launcher: Option<bool>,
     pub interrupt_mode: Option<String>,
     pub toree_home: Option<String>,
+    /// `--transport-encryption auto|required`: advertise CurveZMQ to gateway_provisioners.
+    pub curve: bool,
     /// The kernel command after `--`.
     pub command: Vec<String>,
 }
@@ -206,6 +208,7 @@ pub fn parse(args: &[String]) -> Result<Request, KernelspecError> {
         ship_launcher: None,
         interrupt_mode: None,
         toree_home: None,
+        curve: false,
         command: Vec::new(),
     };
     let mut destinations: Vec<&'static str> = Vec::new();
@@ -413,6 +416,18 @@ pub fn parse(args: &[String]) -> Result<Request, KernelspecError> {
                 o.interrupt_mode = Some(value);
             }
             "--toree-home" => o.toree_home = Some(nonempty(&value)?),
+            "--transport-encryption" => {
+                o.curve = match value.as_str() {
+                    "auto" | "required" => true,
+                    "none" => false,
+                    _ => {
+                        return Err(usage(
+                            name,
+                            format!("{value:?}: use auto, required or none"),
+                        ));
+                    }
+                }
+            }
             _ => {
                 return Err(usage(
                     name,
@@ -529,6 +544,10 @@ mod tests {
             ),
             (&["--spark-init-mode", "x"], &["--spark-init-mode", "lazy"]),
             (&["--interrupt-mode", "x"], &["--interrupt-mode", "signal"]),
+            (
+                &["--transport-encryption", "curve"],
+                &["--transport-encryption", "auto, required or none"],
+            ),
             (&["--bogus", "1"], &["--bogus", "--help"]),
             (&["stray"], &["stray", "after `--`"]),
             (&["--name"], &["--name", "needs a value"]),

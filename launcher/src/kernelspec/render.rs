@@ -233,6 +233,12 @@ fn check_applicable(o: &Options) -> Result<(), KernelspecError> {
             ));
         }
     }
+    if o.curve && o.target != Target::Gp {
+        return Err(usage(
+            "--transport-encryption",
+            "is for --for gp only: Enterprise Gateway 3.x and gateway-lite connect to kernels without CurveZMQ",
+        ));
+    }
     match (o.target, m) {
         (Target::GatewayLite | Target::Gp, Mode::Kubernetes) => Err(usage(
             "--mode kubernetes",
@@ -595,6 +601,11 @@ pub fn render(o: &Options, dir: &Path, launcher: &str) -> Result<Rendered, Kerne
     let mut metadata = Map::new();
     if let Some(Value::Object(s)) = stanza(o, proxy_config(o)) {
         metadata.extend(s);
+    }
+    if o.curve {
+        // gateway_provisioners asks for keys only from a spec that lists "curve" here; its own
+        // transport_encryption setting (auto or required) then fills {transport_encryption}.
+        metadata.insert("supported_encryption".into(), json!(["curve"]));
     }
     spec.insert("metadata".into(), Value::Object(metadata));
     Ok(Rendered {

@@ -520,3 +520,54 @@ fn shell_words() {
     assert_eq!(shell_word("$(x)"), "'$(x)'");
     assert_eq!(shell_word(""), "''");
 }
+
+#[test]
+fn transport_encryption_advertises_curve_for_gp_only() {
+    for policy in ["auto", "required"] {
+        let gp = spec(&["--for", "gp", "--transport-encryption", policy]);
+        assert_eq!(
+            gp.kernel_json["metadata"]["supported_encryption"],
+            json!(["curve"])
+        );
+        // The policy itself stays gateway_provisioners' to fill in.
+        let a = argv(&gp);
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--transport-encryption", "{transport_encryption}"])
+        );
+        let docker = spec(&[
+            "--for",
+            "gp",
+            "--mode",
+            "docker",
+            "--image",
+            "img",
+            "--launch-script",
+            "/s/launch_docker.py",
+            "--transport-encryption",
+            policy,
+        ]);
+        assert_eq!(
+            docker.kernel_json["metadata"]["supported_encryption"],
+            json!(["curve"])
+        );
+    }
+    let plain = spec(&["--for", "gp", "--transport-encryption", "none"]);
+    assert!(
+        plain.kernel_json["metadata"]
+            .get("supported_encryption")
+            .is_none()
+    );
+    assert!(
+        spec(&["--for", "gp"]).kernel_json["metadata"]
+            .get("supported_encryption")
+            .is_none()
+    );
+    for target in ["eg", "gateway-lite"] {
+        let e = err(&["--for", target, "--transport-encryption", "auto"]);
+        assert!(
+            e.contains("--transport-encryption") && e.contains("--for gp"),
+            "{e}"
+        );
+    }
+}

@@ -202,3 +202,19 @@ fn unreachable_response_address_gives_up_and_stops_the_kernel() {
         .unwrap();
     assert!(!alive(pid), "kernel {pid} outlived the launcher");
 }
+
+#[test]
+fn invalid_transport_encryption() {
+    let e = usage_error(&[
+        "--kernel-id",
+        "k",
+        "--transport-encryption",
+        "curve",
+        "--",
+        "true",
+    ]);
+    assert!(
+        e.contains("--transport-encryption") && e.contains("none, auto, required"),
+        "{e}"
+    );
+}

@@ -28,12 +28,22 @@ fn drive_with(language: &str, kernel_args: &[&str], interrupt_at_start: bool) {
 pub fn drive_child(
     language: &str,
     gw: &Gateway,
+    child: std::process::Child,
+    dir: &std::path::Path,
+    interrupt_at_start: bool,
+) {
+    drive_report(language, gw.receive(), child, dir, interrupt_at_start);
+}
+
+/// [`drive_child`] for a `report` already received.
+pub fn drive_report(
+    language: &str,
+    report: protocol::payload::LaunchReport,
     mut child: std::process::Child,
     dir: &std::path::Path,
     interrupt_at_start: bool,
 ) {
     let python = kernel_python();
-    let report = gw.receive();
     if interrupt_at_start {
         comm_send(report.comm_port.unwrap(), br#"{"signum": 2}"#).unwrap();
     }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod comm;
+mod curve;
 mod identity;
 mod kernels;
 mod kernelspec;

@@ -49,6 +49,17 @@ pub fn kernel_python() -> String {
     }
 }
 
+/// A python whose ipykernel binds CurveZMQ servers from curve keys in its connection file
+/// (ipykernel 7.4, jupyter_client 8.10: venv-lab, set up by scripts/setup-env.sh).
+pub fn curve_python() -> String {
+    match std::env::var("KL_PY_LAB") {
+        Ok(p) if Path::new(&p).exists() => p,
+        _ => panic!(
+            "KL_PY_LAB must name a python with ipykernel >= 7.3 (CurveZMQ); run scripts/setup-env.sh and source $HOME/.cache/kernel-launcher/env.sh"
+        ),
+    }
+}
+
 /// A stand-in for the gateway's response listener.
 pub struct Gateway {
     listener: TcpListener,
