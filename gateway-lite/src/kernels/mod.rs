@@ -488,6 +488,7 @@ impl Kernels {
                 slot.1 += 1;
             }
             gauges.connections += k.connection_count() as u64;
+            gauges.curve_kernels += u64::from(k.is_encrypted());
         }
         self.ctx.metrics.render(&gauges)
     }

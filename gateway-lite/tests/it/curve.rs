@@ -178,6 +178,11 @@ async fn ipykernel_7_runs_over_curve_under_auto() {
     let mut c = gw.connect(&id, false).await;
     assert_eq!(c.execute("print(6*7)").await.text, "42\n", "{}", gw.log());
 
+    let (_, _, metrics) = gw.http("GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("gateway_lite_kernels_curve 1\n"),
+        "{metrics}"
+    );
     let log = gw.log();
     assert!(log.contains("transport_encryption=\"curve\""), "{log}");
     // Every socket got through: the iopub nudge was answered, nothing was dropped.
