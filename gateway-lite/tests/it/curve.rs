@@ -287,3 +287,38 @@ async fn a_restarted_gateway_reattaches_over_curve() {
     let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
     assert!(!log.contains(&secret), "the secret key is in the log");
 }
+
+/// Specs written by `kernel-launcher kernelspec install --transport-encryption auto`: the
+/// gateway-lite form (the launcher gets `TRANSPORT_ENCRYPTION`) and gateway_provisioners' form
+/// (its argv takes `{transport_encryption}`) both run over CurveZMQ.
+#[tokio::test(flavor = "multi_thread")]
+async fn installed_curve_specs_run_over_curve() {
+    let dir = std::env::temp_dir().join(format!("gl-it-{}", uuid::Uuid::new_v4()));
+    let specs = dir.join("specs");
+    let py = lab_python();
+    for (target, name) in [("gateway-lite", "gen_lite_curve"), ("gp", "gen_gp_curve")] {
+        let at = specs.join(name).to_string_lossy().into_owned();
+        crate::generated::install(&[
+            "--for",
+            target,
+            "--python",
+            &py,
+            "--transport-encryption",
+            "auto",
+            "--dir",
+            &at,
+        ]);
+        let doc: Value =
+            serde_json::from_slice(&std::fs::read(specs.join(name).join("kernel.json")).unwrap())
+                .unwrap();
+        assert_eq!(doc["metadata"]["supported_encryption"], json!(["curve"]));
+    }
+    let gw = gateway(&dir, &[]);
+    for name in ["gen_lite_curve", "gen_gp_curve"] {
+        let id = gw.start_kernel(name).await;
+        assert_eq!(transport_encryption(&gw, &id).await, "curve", "{name}");
+        let mut c = gw.connect(&id, false).await;
+        assert_eq!(c.execute("print(6*7)").await.text, "42\n", "{name}");
+        delete(&gw, &id).await;
+    }
+}
