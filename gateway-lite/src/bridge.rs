@@ -18,7 +18,8 @@
 //! that caused it); at most [`OUT_QUEUE`] frames and [`OUT_BYTES`] bytes wait for the writer. A client that stops reading is
 //! **back-pressured, not dropped**: its queue fills, its relay stops reading its own ZeroMQ
 //! sockets (the `zeromq` crate reads a socket only when asked, so nothing piles up in the
-//! gateway), TCP fills up to the kernel, and the kernel's PUB socket discards iopub for that
+//! gateway; a CurveZMQ kernel's `rzmq` sockets read ahead up to their receive high-water mark,
+//! 256 messages per socket, then stop), TCP fills up to the kernel, and the kernel's PUB socket discards iopub for that
 //! one subscriber once its high-water mark is reached. Other connections, which have their
 //! own sockets, carry on. The stalled connection ends when the client closes it or TCP gives
 //! up.

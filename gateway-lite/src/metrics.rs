@@ -21,6 +21,8 @@ pub struct Gauges {
     pub kernels_by_state: Vec<(&'static str, u64)>,
     /// Open kernel WebSocket connections.
     pub connections: u64,
+    /// Kernels whose channels are CurveZMQ.
+    pub curve_kernels: u64,
     /// Bytes of kernel messages kept for clients that are away.
     pub kept_bytes: u64,
     /// Kernel launches in flight, counted against the limits (reservations).
@@ -131,6 +133,13 @@ impl Metrics {
                 escape(state)
             );
         }
+        head(
+            &mut out,
+            "gateway_lite_kernels_curve",
+            "gauge",
+            "Kernels whose ZeroMQ channels are CurveZMQ (--transport-encryption).",
+        );
+        let _ = writeln!(out, "gateway_lite_kernels_curve {}", gauges.curve_kernels);
         head(
             &mut out,
             "gateway_lite_websocket_connections",
@@ -411,8 +420,10 @@ mod tests {
         let text = m.render(&Gauges {
             kernels_by_state: vec![("idle", 0), ("busy", 2)],
             reservations: 1,
+            curve_kernels: 1,
             ..Gauges::default()
         });
+        assert!(text.contains("gateway_lite_kernels_curve 1\n"), "{text}");
         assert!(
             text.contains("gateway_lite_kernel_start_seconds_bucket{le=\"0.05\"} 0\n"),
             "{text}"
