@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 mod client;
 mod procs;
+pub mod tcpdump;
 
 pub use client::{KernelClient, v1_encode};
 pub use procs::{
@@ -78,6 +79,22 @@ pub fn python() -> String {
     assert!(
         Path::new(&p).is_file(),
         "KL_PY_KERNEL={p} does not exist: run scripts/setup-env.sh"
+    );
+    p
+}
+
+/// Python with ipykernel >= 7.3, which binds its sockets as CurveZMQ servers when its
+/// connection file has keys: `$KL_PY_LAB` or the one in $KL_CACHE/env.sh (venv-lab).
+pub fn lab_python() -> String {
+    let p = std::env::var("KL_PY_LAB")
+        .ok()
+        .or_else(|| env_sh("KL_PY_LAB"));
+    let p = p.expect(
+        "KL_PY_LAB is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh",
+    );
+    assert!(
+        Path::new(&p).is_file(),
+        "KL_PY_LAB={p} does not exist: run scripts/setup-env.sh"
     );
     p
 }
