@@ -8,6 +8,12 @@
 //! `status` messages it synthesizes for clients (`restarting`, `dead`), and holds one
 //! client's set of sockets ([`ClientSockets`]), which the WebSocket bridge uses and the
 //! kernel registry keeps while that client is away.
+//!
+//! A kernel whose launcher reported a CurveZMQ server key ([`KernelEndpoints::curve`]) is
+//! reached through [`curve`]'s sockets, any other through the `zeromq` crate's: [`Dealer`] and
+//! [`Subscriber`] hide which, so callers send and receive [`Frames`] the same way for both.
+
+pub mod curve;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,8 +27,10 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use zeromq::{
     DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend,
-    SubSocket, ZmqMessage, ZmqResult,
+    SubSocket, ZmqMessage,
 };
+
+use curve::CurveSocket;
 
 /// How long connecting one socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +60,9 @@ pub struct KernelEndpoints {
     pub generation: u64,
     /// This incarnation's launch secret: comm-port requests are signed with it.
     pub secret: Option<std::sync::Arc<str>>,
+    /// The kernel's CurveZMQ public key, when it binds its channels as CURVE servers: every
+    /// socket to it is then a CURVE client trusting this key.
+    pub curve: Option<[u8; protocol::z85::KEY_LEN]>,
 }
 
 impl KernelEndpoints {
@@ -92,6 +103,105 @@ pub async fn wait_listening(ep: &KernelEndpoints) {
     }
 }
 
+/// One multipart ZeroMQ message, as frames.
+pub type Frames = Vec<Bytes>;
+
+/// A socket operation failed, in either library.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// A clear-text socket (`zeromq`).
+    #[error("zeromq: {0}")]
+    Clear(#[from] zeromq::ZmqError),
+    /// A CurveZMQ socket (`rzmq`).
+    #[error("zeromq (CurveZMQ): {0}")]
+    Curve(#[from] curve::ZmqError),
+}
+
+/// A connected DEALER, clear text or CurveZMQ.
+pub enum Dealer {
+    /// `zeromq`.
+    Clear(DealerSocket),
+    /// `rzmq`, CURVE client.
+    Curve(Arc<CurveSocket>),
+}
+
+impl Dealer {
+    /// Sends one message.
+    pub async fn send(&mut self, frames: Frames) -> Result<(), SocketError> {
+        match self {
+            Dealer::Clear(s) => Ok(s.send(zmq_message(frames)).await?),
+            Dealer::Curve(s) => Ok(s.send(frames).await?),
+        }
+    }
+
+    /// Receives one message.
+    pub async fn recv(&mut self) -> Result<Frames, SocketError> {
+        match self {
+            Dealer::Clear(s) => Ok(s.recv().await?.into_vec()),
+            Dealer::Curve(s) => Ok(s.recv().await?),
+        }
+    }
+
+    /// Sending and receiving halves, for a task that does both at once.
+    fn split(self) -> (DealerTx, DealerRx) {
+        match self {
+            Dealer::Clear(s) => {
+                let (tx, rx) = s.split();
+                (DealerTx::Clear(tx), DealerRx::Clear(rx))
+            }
+            Dealer::Curve(s) => (DealerTx::Curve(s.clone()), DealerRx::Curve(s)),
+        }
+    }
+}
+
+/// The sending half of a [`Dealer`].
+enum DealerTx {
+    Clear(DealerSendHalf),
+    Curve(Arc<CurveSocket>),
+}
+
+impl DealerTx {
+    async fn send(&mut self, frames: Frames) -> Result<(), SocketError> {
+        match self {
+            DealerTx::Clear(s) => Ok(s.send(zmq_message(frames)).await?),
+            DealerTx::Curve(s) => Ok(s.send(frames).await?),
+        }
+    }
+}
+
+/// The receiving half of a [`Dealer`].
+enum DealerRx {
+    Clear(DealerRecvHalf),
+    Curve(Arc<CurveSocket>),
+}
+
+impl DealerRx {
+    async fn recv(&mut self) -> Result<Frames, SocketError> {
+        match self {
+            DealerRx::Clear(s) => Ok(s.recv().await?.into_vec()),
+            DealerRx::Curve(s) => Ok(s.recv().await?),
+        }
+    }
+}
+
+/// A connected SUB, subscribed to everything, clear text or CurveZMQ.
+pub enum Subscriber {
+    /// `zeromq`.
+    Clear(SubSocket),
+    /// `rzmq`, CURVE client.
+    Curve(CurveSocket),
+}
+
+impl Subscriber {
+    /// Receives one message.
+    pub async fn recv(&mut self) -> Result<Frames, SocketError> {
+        match self {
+            Subscriber::Clear(s) => Ok(s.recv().await?.into_vec()),
+            Subscriber::Curve(s) => Ok(s.recv().await?),
+        }
+    }
+}
+
 fn options(identity: Option<&[u8]>) -> SocketOptions {
     let mut o = SocketOptions::default();
     o.connect_timeout(CONNECT_TIMEOUT);
@@ -103,35 +213,49 @@ fn options(identity: Option<&[u8]>) -> SocketOptions {
 
 /// A DEALER connected to `channel`. Shell and stdin of one client share `identity`, so the
 /// kernel routes its `input_request` to that client's stdin socket.
+/// A CurveZMQ kernel gets a CURVE client socket with a key pair of its own.
 pub async fn dealer(
     ep: &KernelEndpoints,
     channel: Channel,
     identity: Option<&[u8]>,
-) -> zeromq::ZmqResult<DealerSocket> {
+) -> Result<Dealer, SocketError> {
+    if let Some(key) = &ep.curve {
+        return Ok(Dealer::Curve(
+            CurveSocket::dealer(key, &ep.endpoint(channel), identity).await?,
+        ));
+    }
     let mut s = DealerSocket::with_options(options(identity));
     s.connect(&ep.endpoint(channel)).await?;
-    Ok(s)
+    Ok(Dealer::Clear(s))
 }
 
-/// A SUB connected to iopub, subscribed to everything.
-pub async fn subscriber(ep: &KernelEndpoints) -> zeromq::ZmqResult<SubSocket> {
+/// A SUB connected to iopub, subscribed to everything (a CURVE client for a CurveZMQ kernel).
+pub async fn subscriber(ep: &KernelEndpoints) -> Result<Subscriber, SocketError> {
+    if let Some(key) = &ep.curve {
+        return Ok(Subscriber::Curve(
+            CurveSocket::subscriber(key, &ep.endpoint(Channel::Iopub)).await?,
+        ));
+    }
     let mut s = SubSocket::with_options(options(None));
     s.connect(&ep.endpoint(Channel::Iopub)).await?;
     s.subscribe("").await?;
-    Ok(s)
+    Ok(Subscriber::Clear(s))
 }
 
-/// Frames of a wire message, as a `zeromq` message.
-pub fn to_zmq(msg: &WireMessage) -> ZmqMessage {
-    let frames: Vec<Bytes> = wire::join(msg).into_iter().map(Bytes::from).collect();
-    // `join` always yields at least six frames, so the conversion cannot fail.
+/// Frames as a `zeromq` message.
+fn zmq_message(frames: Frames) -> ZmqMessage {
+    // A wire message always has at least six frames, so the conversion cannot fail.
     ZmqMessage::try_from(frames).unwrap_or_else(|_| ZmqMessage::from(Vec::<u8>::new()))
+}
+
+/// Frames of a wire message.
+pub fn to_frames(msg: &WireMessage) -> Frames {
+    wire::join(msg).into_iter().map(Bytes::from).collect()
 }
 
 /// Splits and verifies a message from the kernel. `None` (logged) when malformed or badly
 /// signed: such a message is dropped, as ipykernel drops badly signed requests.
-pub fn from_zmq(m: ZmqMessage, signer: &Signer, channel: Channel) -> Option<WireMessage> {
-    let frames = m.into_vec();
+pub fn verified(frames: Frames, signer: &Signer, channel: Channel) -> Option<WireMessage> {
     let msg = match wire::split(&frames) {
         Ok(msg) => msg,
         Err(e) => {
@@ -241,10 +365,10 @@ pub async fn request(
             .map(|(_, id)| id)
             .unwrap_or_default();
         ep.signer.sign_message(&mut msg);
-        sock.send(to_zmq(&msg)).await?;
+        sock.send(to_frames(&msg)).await?;
         loop {
             let reply = sock.recv().await?;
-            let Some(reply) = from_zmq(reply, &ep.signer, channel) else {
+            let Some(reply) = verified(reply, &ep.signer, channel) else {
                 continue;
             };
             if wire::msg_id(&reply.parent_header).as_deref() == Some(sent_id.as_str()) {
@@ -261,8 +385,8 @@ pub async fn request(
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// ZeroMQ failed (kernel gone, port closed).
-    #[error("zeromq: {0}")]
-    Zmq(#[from] zeromq::ZmqError),
+    #[error("{0}")]
+    Socket(#[from] SocketError),
     /// No reply in time.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
@@ -274,20 +398,20 @@ pub enum RequestError {
 pub struct ClientSockets {
     /// The incarnation these sockets are connected to.
     pub ep: Arc<KernelEndpoints>,
-    shell: DealerSendHalf,
-    shell_rx: DealerRecvHalf,
-    control: DealerSendHalf,
-    control_rx: DealerRecvHalf,
-    stdin: DealerSendHalf,
-    stdin_rx: DealerRecvHalf,
-    iopub: SubSocket,
+    shell: DealerTx,
+    shell_rx: DealerRx,
+    control: DealerTx,
+    control_rx: DealerRx,
+    stdin: DealerTx,
+    stdin_rx: DealerRx,
+    iopub: Subscriber,
     /// Ids of the nudge's requests, whose replies are swallowed.
     nudges: HashSet<String>,
 }
 
 impl ClientSockets {
     /// Connects all four sockets and nudges the kernel (see [`Self::nudge`]).
-    pub async fn connect(ep: Arc<KernelEndpoints>) -> ZmqResult<Self> {
+    pub async fn connect(ep: Arc<KernelEndpoints>) -> Result<Self, SocketError> {
         wait_listening(&ep).await;
         let identity = uuid::Uuid::new_v4().to_string().into_bytes();
         let (shell, shell_rx) = dealer(&ep, Channel::Shell, Some(&identity)).await?.split();
@@ -320,7 +444,7 @@ impl ClientSockets {
                 self.nudges.insert(id);
             }
             self.ep.signer.sign_message(&mut msg);
-            if self.shell.send(to_zmq(&msg)).await.is_err() {
+            if self.shell.send(to_frames(&msg)).await.is_err() {
                 return;
             }
             let deadline = tokio::time::sleep(NUDGE_WAIT);
@@ -339,7 +463,7 @@ impl ClientSockets {
     /// Signs and sends a client's message on `channel` (iopub takes none).
     pub async fn send(&mut self, channel: Channel, mut msg: WireMessage) {
         self.ep.signer.sign_message(&mut msg);
-        let z = to_zmq(&msg);
+        let z = to_frames(&msg);
         let r = match channel {
             Channel::Shell => self.shell.send(z).await,
             Channel::Control => self.control.send(z).await,
@@ -371,7 +495,7 @@ impl ClientSockets {
                 return (channel, None);
             }
         };
-        let msg = from_zmq(m, &self.ep.signer, channel);
+        let msg = verified(m, &self.ep.signer, channel);
         (channel, msg.filter(|m| !self.is_nudge_reply(m)))
     }
 

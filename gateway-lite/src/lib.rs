@@ -138,6 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         runtime_dir: std::env::temp_dir(),
         grace: Grace::default(),
         port_range: config.port_range,
+        transport_encryption: config.transport_encryption,
     };
     let rules = Rules {
         limits: config.limits,

@@ -8,6 +8,10 @@
 //! level filter is `GATEWAY_LITE_LOG` (tracing's `EnvFilter` syntax, default `info`): it is
 //! read here, as the one variable the gateway's configuration does not own, since it must
 //! work before anything else runs.
+//!
+//! The CurveZMQ sockets' library (`rzmq`) logs routine socket life (a connecter task ending,
+//! message counts at close) at warn and info; unless the filter names `rzmq` itself, only its
+//! errors are shown.
 
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
@@ -46,9 +50,21 @@ where
 
 /// Installs the process's subscriber: `format` on stderr, filtered by `GATEWAY_LITE_LOG`.
 pub fn init(format: LogFormat) -> Result<(), tracing::subscriber::SetGlobalDefaultError> {
-    let filter = EnvFilter::try_from_env(FILTER_VAR).unwrap_or_else(|_| EnvFilter::new("info"));
+    let text = std::env::var(FILTER_VAR).unwrap_or_default();
+    let filter = EnvFilter::try_new(filter_text(&text))
+        .unwrap_or_else(|_| EnvFilter::new(filter_text("info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stderr, ansi))
+}
+
+/// `text` (default `info`), with `rzmq=error` added unless it names `rzmq`.
+fn filter_text(text: &str) -> String {
+    let text = if text.trim().is_empty() { "info" } else { text };
+    if text.contains("rzmq") {
+        text.to_owned()
+    } else {
+        format!("{text},rzmq=error")
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +85,14 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn rzmq_is_quiet_unless_named() {
+        assert_eq!(filter_text(""), "info,rzmq=error");
+        assert_eq!(filter_text("debug"), "debug,rzmq=error");
+        assert_eq!(filter_text("info,rzmq=debug"), "info,rzmq=debug");
+        assert!(EnvFilter::try_new(filter_text("info,gateway_lite=debug")).is_ok());
     }
 
     fn logged(format: LogFormat) -> String {

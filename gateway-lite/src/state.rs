@@ -66,6 +66,11 @@ pub struct KernelRecord {
     /// Enterprise Gateway's launchers and in state files of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_secret: Option<String>,
+    /// The kernel's CurveZMQ public key (Z85), when its channels are CURVE servers: a
+    /// re-attaching gateway connects over CurveZMQ again. Absent: clear text (and in state
+    /// files of earlier versions). The kernel's secret key is never recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_publickey: Option<String>,
     /// The warm pool (its kernelspec name) the kernel idles in, unclaimed; absent once a
     /// request claimed it (and for every kernel started for a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,8 +314,27 @@ mod tests {
                 log_file: None,
             },
             launch_secret: Some("s".repeat(64)),
+            curve_publickey: None,
             pool: None,
         }
+    }
+
+    #[test]
+    fn curve_key_is_kept_and_optional() {
+        let curve = KernelRecord {
+            curve_publickey: Some("rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7".into()),
+            ..record("c")
+        };
+        let text = serde_json::to_string(&curve).unwrap();
+        assert!(text.contains("curve_publickey"));
+        assert!(!text.contains("curve_secretkey"));
+        assert_eq!(serde_json::from_str::<KernelRecord>(&text).unwrap(), curve);
+        // A record of an earlier version, without the field: clear text.
+        let mut old = serde_json::to_value(record("o")).unwrap();
+        assert!(old.get("curve_publickey").is_none());
+        old.as_object_mut().unwrap().remove("curve_publickey");
+        let back: KernelRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.curve_publickey, None);
     }
 
     fn temp_dir(tag: &str) -> PathBuf {

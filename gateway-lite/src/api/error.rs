@@ -40,7 +40,9 @@ impl From<KernelError> for ApiError {
     fn from(e: KernelError) -> Self {
         let status = match &e {
             KernelError::NoSuchSpec(_) | KernelError::NoSuchKernel(_) => StatusCode::NOT_FOUND,
-            KernelError::BadEnv(_) => StatusCode::BAD_REQUEST,
+            KernelError::BadEnv(_) | KernelError::EncryptionUnsupported { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             KernelError::NotRunning(_) => StatusCode::CONFLICT,
             KernelError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
             KernelError::Limit(_) => StatusCode::FORBIDDEN,

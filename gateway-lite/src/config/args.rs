@@ -247,6 +247,16 @@ pub(super) struct Args {
     /// Address local kernels bind their ZeroMQ and comm ports on (`KERNEL_LAUNCHER_IP`).
     #[arg(long, env = "GATEWAY_LITE_KERNEL_IP", default_value = "127.0.0.1")]
     pub(super) kernel_ip: String,
+    /// CurveZMQ between gateway-lite and kernels whose kernelspec lists "curve" in
+    /// `metadata.supported_encryption`: `auto` asks their launcher for it and falls back to
+    /// clear text for a kernel that cannot (ipykernel < 7.3); `required` refuses such specs and
+    /// kernels; `none` never asks.
+    #[arg(
+        long,
+        env = "GATEWAY_LITE_TRANSPORT_ENCRYPTION",
+        default_value = "auto"
+    )]
+    pub(super) transport_encryption: String,
     /// Largest WebSocket message accepted from a client, in bytes.
     #[arg(long, env = "GATEWAY_LITE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub(super) max_message_bytes: usize,

@@ -13,7 +13,7 @@ use super::edge;
 use super::provisioning::{docker_settings, ssh_settings};
 use super::settings::{
     Config, ConfigError, Cull, KERNEL_ENV_STANDARD, Limits, MAX_POOL_REFILL_CONCURRENCY,
-    MAX_POOL_SIZE, Pools, SearchEnv, StateDirSource, env_matches, parse_secs,
+    MAX_POOL_SIZE, Pools, SearchEnv, StateDirSource, TransportEncryption, env_matches, parse_secs,
 };
 
 impl Config {
@@ -103,6 +103,14 @@ fn from_parsed(
             });
         }
     }
+    let transport_encryption =
+        TransportEncryption::parse(&args.transport_encryption).ok_or_else(|| ConfigError {
+            option: "--transport-encryption (env GATEWAY_LITE_TRANSPORT_ENCRYPTION)",
+            problem: format!(
+                "{:?} is not one of none, auto, required",
+                args.transport_encryption
+            ),
+        })?;
     if args.max_message_bytes < 1024 {
         return Err(ConfigError {
             option: "--max-message-bytes (env GATEWAY_LITE_MAX_MESSAGE_BYTES)",
@@ -232,6 +240,7 @@ fn from_parsed(
         response_ip,
         kernel_ip,
         max_message_bytes: args.max_message_bytes,
+        transport_encryption,
         state_dir,
         state_dir_source,
         kernel_log_retention,
@@ -386,6 +395,25 @@ mod tests {
         assert!(e.option.starts_with("--response-ip"), "{e}");
         let e = parse(&["--kernelspec-dir", "/definitely/not/here"]).unwrap_err();
         assert!(e.option.starts_with("--kernelspec-dir"), "{e}");
+        let e = parse(&["--transport-encryption", "curve"]).unwrap_err();
+        assert!(e.option.starts_with("--transport-encryption"), "{e}");
+        assert!(e.to_string().contains("none, auto, required"), "{e}");
+    }
+
+    #[test]
+    fn transport_encryption() {
+        assert_eq!(
+            parse(&[]).unwrap().transport_encryption,
+            TransportEncryption::Auto
+        );
+        for (text, want) in [
+            ("none", TransportEncryption::None),
+            ("Auto", TransportEncryption::Auto),
+            ("required", TransportEncryption::Required),
+        ] {
+            let c = parse(&["--transport-encryption", text]).unwrap();
+            assert_eq!(c.transport_encryption, want, "{text}");
+        }
     }
 
     #[test]

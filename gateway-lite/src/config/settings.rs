@@ -343,6 +343,8 @@ pub struct Config {
     pub kernel_ip: IpAddr,
     /// WebSocket message size limit.
     pub max_message_bytes: usize,
+    /// CurveZMQ to kernels whose spec supports it (`--transport-encryption`).
+    pub transport_encryption: TransportEncryption,
     /// Where kernels are recorded; `None`: no persistence.
     pub state_dir: Option<PathBuf>,
     /// Where `state_dir` comes from, or why there is none.
@@ -361,6 +363,39 @@ pub struct Config {
     pub cull: Option<Cull>,
     /// Warm pools (`--pool`).
     pub pools: Pools,
+}
+
+/// `--transport-encryption`: whether gateway-lite asks launchers for CurveZMQ between itself
+/// and kernels whose kernelspec lists "curve" in `metadata.supported_encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEncryption {
+    /// Never ask; every kernel runs in clear text.
+    None,
+    /// Ask; a kernel that cannot do CurveZMQ runs in clear text.
+    Auto,
+    /// Ask; a spec without CurveZMQ, or a kernel that cannot do it, fails its start.
+    Required,
+}
+
+impl TransportEncryption {
+    /// `none`, `auto` or `required` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(Self::None),
+            "auto" => Some(Self::Auto),
+            "required" => Some(Self::Required),
+            _ => None,
+        }
+    }
+
+    /// The option's value, as the launcher's `TRANSPORT_ENCRYPTION` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Auto => "auto",
+            Self::Required => "required",
+        }
+    }
 }
 
 /// Most kernels one pool keeps (`--pool NAME=N`).

@@ -17,6 +17,15 @@ pub enum KernelError {
         /// The class it names and what to use instead.
         why: String,
     },
+    /// `--transport-encryption required`, and the kernelspec does not list `"curve"` in
+    /// `metadata.supported_encryption`; nothing was started.
+    #[error(
+        "Kernelspec {spec} does not support CurveZMQ (its metadata.supported_encryption does not list \"curve\"), and gateway-lite runs with --transport-encryption required: install the spec with `kernel-launcher kernelspec install --for gateway-lite --transport-encryption required` (its kernel needs ipykernel >= 7.3), or run gateway-lite with --transport-encryption auto"
+    )]
+    EncryptionUnsupported {
+        /// The kernelspec's name.
+        spec: String,
+    },
     /// No kernel of that id (client's fault).
     #[error("Kernel does not exist: {0}")]
     NoSuchKernel(String),

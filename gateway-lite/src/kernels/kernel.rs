@@ -10,6 +10,7 @@
 //! the reply any more (a client that disconnected mid-request).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +83,8 @@ pub struct Kernel {
     commands: mpsc::Sender<Command>,
     pub(super) phase: watch::Sender<Phase>,
     activity: Mutex<Activity>,
+    /// Its latest incarnation's channels are CurveZMQ (`transport_encryption` in the model).
+    encrypted: AtomicBool,
     /// The latest generation that answered the readiness probe (`kernel_info_reply`).
     pub(super) ready: watch::Sender<u64>,
     /// Its WebSocket clients.
@@ -110,6 +113,7 @@ impl Kernel {
             spec: p.spec,
             timeout: p.timeout,
             commands,
+            encrypted: AtomicBool::new(p.endpoints.curve.is_some()),
             phase: watch::Sender::new(Phase::Running(p.endpoints)),
             activity: Mutex::new(Activity {
                 state: ExecutionState::Starting,
@@ -181,12 +185,24 @@ impl Kernel {
             "last_activity": channels::timestamp(last),
             "execution_state": state.as_str(),
             "connections": self.connection_count(),
+            // gateway-lite's addition: whether the channels to the kernel are CurveZMQ.
+            "transport_encryption": if self.is_encrypted() { "curve" } else { "none" },
         });
         // gateway-lite's addition: why a dead kernel died.
         if let Some(r) = reason {
             model["reason"] = json!(r);
         }
         model
+    }
+
+    /// Whether its latest incarnation's channels are CurveZMQ.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a new incarnation's channels are CurveZMQ.
+    pub(super) fn set_encrypted(&self, curve: bool) {
+        self.encrypted.store(curve, Ordering::Relaxed);
     }
 
     /// Why the kernel last died, until it runs again.
@@ -316,6 +332,7 @@ mod tests {
                 pgid: None,
                 generation: 1,
                 secret: None,
+                curve: None,
             }),
             budget: Arc::new(KeptBudget::new(1024)),
         })

@@ -20,11 +20,13 @@ use protocol::payload::LaunchReport;
 use protocol::ports::PortRange;
 use protocol::wire::Signer;
 
+use super::encryption;
 use super::error::KernelError;
 use super::policy::Grace;
 use super::process::Process;
 use super::stop;
 use crate::channels::KernelEndpoints;
+use crate::config::TransportEncryption;
 use crate::kernelspecs::{KernelSpec, Placeholders};
 use crate::provisioner::{LaunchRequest, Launched, Provisioners};
 use crate::response::{Delivery, ResponseListener};
@@ -50,6 +52,8 @@ pub struct Launcher {
     pub grace: Grace,
     /// Ports launchers may use (`--port-range`); reports outside it are refused.
     pub port_range: PortRange,
+    /// `--transport-encryption`.
+    pub transport_encryption: TransportEncryption,
 }
 
 /// What one launch is for.
@@ -70,6 +74,7 @@ impl Launcher {
         abandon: impl Future<Output = ()>,
     ) -> Result<Process, KernelError> {
         let id = job.id;
+        let curve = encryption::ask(self.transport_encryption, job.spec)?;
         let secret = job.spec.authenticated(&self.launcher).then(new_secret);
         let mut pending = self.response.expect(id, secret.clone());
         let connection_file = self.runtime_dir.join(format!("kernel-{id}.json"));
@@ -82,11 +87,21 @@ impl Launcher {
             public_key: self.response.public_key(),
             connection_file: &connection_file,
             port_range: &port_range,
+            transport_encryption: curve.map_or("", TransportEncryption::as_str),
         };
         let argv = job.spec.command(&fill, &self.launcher);
         let mut launch_env = job.spec.env.clone();
         launch_env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         launch_env.insert("KERNEL_ID".into(), id.to_owned());
+        // The gateway decides about CurveZMQ; a spec's own env does not.
+        match curve {
+            Some(policy) => {
+                launch_env.insert("TRANSPORT_ENCRYPTION".into(), policy.as_str().into());
+            }
+            None => {
+                launch_env.remove("TRANSPORT_ENCRYPTION");
+            }
+        }
         // The gateway decides how long the launcher gives its kernel (see `Grace`).
         launch_env.insert(
             "KERNEL_LAUNCHER_GRACE_PERIOD".into(),
@@ -150,7 +165,14 @@ impl Launcher {
                     .mismatch
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })?;
-            endpoints(id, d.report, launched.host.clone(), job.generation, secret)
+            endpoints(
+                id,
+                d.report,
+                curve,
+                launched.host.clone(),
+                job.generation,
+                secret,
+            )
         });
         let endpoints = match endpoints {
             Ok(ep) => ep,
@@ -175,6 +197,7 @@ impl Launcher {
             hb = i.hb_port,
             comm_port = ?endpoints.comm_port,
             pid = ?endpoints.pid,
+            transport_encryption = if endpoints.curve.is_some() { "curve" } else { "none" },
             "kernel started"
         );
         Ok(Process {
@@ -240,6 +263,7 @@ impl Launcher {
 fn endpoints(
     id: &str,
     report: LaunchReport,
+    asked: Option<TransportEncryption>,
     host: String,
     generation: u64,
     secret: Option<String>,
@@ -248,7 +272,9 @@ fn endpoints(
         kernel_id: id.to_owned(),
         message,
     };
-    let info = report.connection;
+    let mut info = report.connection;
+    // First: the secret key leaves the connection info whatever else is wrong with it.
+    let curve = encryption::server_key(id, asked, &mut info)?;
     if info.transport != "tcp" {
         return Err(fail(format!(
             "unsupported transport {:?} in the connection info",
@@ -275,5 +301,6 @@ fn endpoints(
         pgid: report.pgid,
         generation,
         secret: secret.map(Into::into),
+        curve,
     })
 }

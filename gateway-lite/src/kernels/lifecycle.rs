@@ -212,6 +212,12 @@ pub(super) async fn restore(
         .reattach(&record.id, &record.placement)
         .await
         .map_err(|e| e.to_string())?;
+    let curve = record
+        .curve_publickey
+        .as_deref()
+        .map(protocol::z85::decode_key)
+        .transpose()
+        .map_err(|e| format!("its recorded curve_publickey is not a CurveZMQ key: {e}"))?;
     let endpoints = Arc::new(channels::KernelEndpoints {
         signer: protocol::wire::Signer::new(record.connection.key.as_bytes()),
         info: record.connection.clone(),
@@ -221,6 +227,7 @@ pub(super) async fn restore(
         pgid: record.pgid,
         generation: record.generation,
         secret: record.launch_secret.clone().map(Into::into),
+        curve,
     });
     let timeout = std::time::Duration::try_from_secs_f64(record.launch_timeout_secs)
         .unwrap_or(ctx.launcher.timeout);
@@ -268,6 +275,7 @@ fn record_of(kernel: &Kernel, p: &Process) -> KernelRecord {
         pgid: ep.pgid,
         placement: p.launched.placement.clone(),
         launch_secret: ep.secret.as_deref().map(str::to_owned),
+        curve_publickey: ep.curve.as_ref().map(protocol::z85::encode_key),
         pool: None,
     }
 }
@@ -327,6 +335,7 @@ impl Owner {
             self.incarnation.clone(),
         );
         self.kernel.set_death_reason(None);
+        self.kernel.set_encrypted(process.endpoints.curve.is_some());
         self.kernel
             .phase
             .send_replace(Phase::Running(process.endpoints.clone()));

@@ -17,6 +17,7 @@
 //! [`pool`] (warm pools: kernels started before they are asked for), [`error`].
 
 mod clients;
+mod encryption;
 mod env;
 mod error;
 mod keeper;
@@ -176,6 +177,9 @@ impl Kernels {
                 why: why.to_string(),
             });
         }
+        encryption::ask(self.ctx.launcher.transport_encryption, &spec).inspect_err(|e| {
+            tracing::info!(spec = %name, "launch refused: {e}");
+        })?;
         let env = kernel_env(env)?;
         if let Some(kernel) = self.claim_pooled(&spec, &env).await? {
             return Ok(kernel);
@@ -272,6 +276,7 @@ impl Kernels {
                 why: why.to_string(),
             });
         }
+        encryption::ask(self.ctx.launcher.transport_encryption, &spec)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = StartRequest {
             id: uuid::Uuid::new_v4().to_string(),

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use zeromq::SocketRecv;
 
 use super::kernel::Kernel;
 use super::policy::ExecutionState;
@@ -99,7 +98,7 @@ async fn follow(kernel: Weak<Kernel>, ep: Arc<KernelEndpoints>) {
             tokio::time::sleep(RECV_ERROR_PAUSE).await;
             continue;
         };
-        let Some(msg) = channels::from_zmq(m, &ep.signer, Channel::Iopub) else {
+        let Some(msg) = channels::verified(m, &ep.signer, Channel::Iopub) else {
             continue;
         };
         let Some(kernel) = kernel.upgrade() else {

@@ -402,6 +402,7 @@ mod tests {
                 pgid: None,
                 generation: 1,
                 secret: None,
+                curve: None,
             }),
             budget: Arc::new(KeptBudget::new(1024)),
         });
@@ -422,6 +423,7 @@ mod tests {
                 log_file: None,
             },
             launch_secret: None,
+            curve_publickey: None,
             pool: None,
         };
         (k, record)

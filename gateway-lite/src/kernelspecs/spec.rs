@@ -37,6 +37,9 @@ pub struct KernelSpec {
     pub runner: Runner,
     /// The `config` of the stanza that chose the runner (remote hosts, image name).
     pub proxy_config: Map<String, Value>,
+    /// `metadata.supported_encryption` lists `"curve"` (gateway_provisioners' field): its
+    /// launcher can be asked for CurveZMQ (`--transport-encryption`).
+    pub supports_curve: bool,
 }
 
 /// Why a `kernel.json` was skipped.
@@ -87,6 +90,7 @@ impl KernelSpec {
             .or_insert_with(|| json!("signal"));
         let interrupt_by_message = spec.get("interrupt_mode") == Some(&json!("message"));
         let (runner, proxy_config) = classify(spec.get("metadata"));
+        let supports_curve = supports_curve(spec.get("metadata"));
         Ok(KernelSpec {
             name: name.to_owned(),
             dir,
@@ -96,6 +100,7 @@ impl KernelSpec {
             interrupt_by_message,
             runner,
             proxy_config,
+            supports_curve,
         })
     }
 
@@ -232,6 +237,9 @@ pub struct Placeholders<'a> {
     pub connection_file: &'a str,
     /// `{port_range}`, `L..U` (`0..0`: any).
     pub port_range: &'a str,
+    /// `{transport_encryption}` (gateway_provisioners' form): `auto`, `required`, or empty
+    /// when no CurveZMQ is asked for.
+    pub transport_encryption: &'a str,
 }
 
 impl Placeholders<'_> {
@@ -246,11 +254,22 @@ impl Placeholders<'_> {
             .replace("{response_address}", self.response_address)
             .replace("{public_key}", self.public_key)
             .replace("{port_range}", self.port_range)
+            .replace("{transport_encryption}", self.transport_encryption)
             .replace("{resource_dir}", &resource_dir);
         if fill_connection_file {
             out = out.replace("{connection_file}", self.connection_file);
         }
         out
+    }
+}
+
+/// Whether `metadata.supported_encryption` (a list of strings, or one string) names `curve`.
+fn supports_curve(metadata: Option<&Value>) -> bool {
+    let is_curve = |v: &Value| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("curve"));
+    match metadata.and_then(|m| m.get("supported_encryption")) {
+        Some(Value::Array(items)) => items.iter().any(is_curve),
+        Some(v) => is_curve(v),
+        None => false,
     }
 }
 
@@ -282,7 +301,32 @@ mod tests {
             public_key: "PK",
             connection_file: "/run/kernel-K.json",
             port_range: "0..0",
+            transport_encryption: "",
         }
+    }
+
+    #[test]
+    fn curve_support_and_placeholder() {
+        let spec = |meta: &str| {
+            let doc = format!(
+                r#"{{"argv":["kl","--response-address","{{response_address}}","--transport-encryption","{{transport_encryption}}"],"metadata":{meta}}}"#
+            );
+            KernelSpec::from_json("x", None, doc.as_bytes()).unwrap()
+        };
+        assert!(spec(r#"{"supported_encryption":["curve"]}"#).supports_curve);
+        assert!(spec(r#"{"supported_encryption":"CURVE"}"#).supports_curve);
+        assert!(!spec(r#"{"supported_encryption":[]}"#).supports_curve);
+        assert!(!spec(r#"{"supported_encryption":["tls"]}"#).supports_curve);
+        assert!(!spec("{}").supports_curve);
+        assert!(!KernelSpec::embedded_python3().supports_curve);
+        let gp = spec(r#"{"supported_encryption":["curve"]}"#);
+        let argv = gp.command(&fill(), Path::new("/bin/kl"));
+        assert_eq!(argv[3..], ["--transport-encryption", ""]);
+        let auto = Placeholders {
+            transport_encryption: "auto",
+            ..fill()
+        };
+        assert_eq!(gp.command(&auto, Path::new("/bin/kl"))[4], "auto");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! REST and WebSocket as Jupyter clients drive them.
 
 mod capture;
+mod curve;
 mod deploy;
 mod dist;
 mod docker;

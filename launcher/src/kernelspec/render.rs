@@ -233,10 +233,10 @@ fn check_applicable(o: &Options) -> Result<(), KernelspecError> {
             ));
         }
     }
-    if o.curve && o.target != Target::Gp {
+    if o.curve && o.target == Target::Eg {
         return Err(usage(
             "--transport-encryption",
-            "is for --for gp only: Enterprise Gateway 3.x and gateway-lite connect to kernels without CurveZMQ",
+            "is for --for gp and --for gateway-lite: Enterprise Gateway 3.x connects to kernels without CurveZMQ",
         ));
     }
     match (o.target, m) {
@@ -603,8 +603,10 @@ pub fn render(o: &Options, dir: &Path, launcher: &str) -> Result<Rendered, Kerne
         metadata.extend(s);
     }
     if o.curve {
-        // gateway_provisioners asks for keys only from a spec that lists "curve" here; its own
-        // transport_encryption setting (auto or required) then fills {transport_encryption}.
+        // gateway_provisioners and gateway-lite ask for keys only from a spec that lists
+        // "curve" here, when their own transport-encryption setting is auto or required:
+        // gateway_provisioners through {transport_encryption}, gateway-lite through the
+        // launcher's TRANSPORT_ENCRYPTION (and that placeholder, where a spec has it).
         metadata.insert("supported_encryption".into(), json!(["curve"]));
     }
     spec.insert("metadata".into(), Value::Object(metadata));

@@ -522,7 +522,7 @@ fn shell_words() {
 }
 
 #[test]
-fn transport_encryption_advertises_curve_for_gp_only() {
+fn transport_encryption_advertises_curve_for_gp_and_gateway_lite() {
     for policy in ["auto", "required"] {
         let gp = spec(&["--for", "gp", "--transport-encryption", policy]);
         assert_eq!(
@@ -563,11 +563,19 @@ fn transport_encryption_advertises_curve_for_gp_only() {
             .get("supported_encryption")
             .is_none()
     );
-    for target in ["eg", "gateway-lite"] {
-        let e = err(&["--for", target, "--transport-encryption", "auto"]);
-        assert!(
-            e.contains("--transport-encryption") && e.contains("--for gp"),
-            "{e}"
+    for policy in ["auto", "required"] {
+        let gl = spec(&["--for", "gateway-lite", "--transport-encryption", policy]);
+        assert_eq!(
+            gl.kernel_json["metadata"]["supported_encryption"],
+            json!(["curve"])
         );
+        // gateway-lite passes its policy in TRANSPORT_ENCRYPTION; the argv stays as for
+        // Enterprise Gateway, so an older gateway-lite still runs the spec (in clear text).
+        assert!(!argv(&gl).iter().any(|a| a.contains("transport")));
     }
+    let e = err(&["--for", "eg", "--transport-encryption", "auto"]);
+    assert!(
+        e.contains("--transport-encryption") && e.contains("--for gp"),
+        "{e}"
+    );
 }

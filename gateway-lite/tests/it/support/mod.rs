@@ -83,15 +83,12 @@ pub fn python() -> String {
     p
 }
 
-/// Python with ipykernel >= 7.3, which binds its sockets as CurveZMQ servers when its
-/// connection file has keys: `$KL_PY_LAB` or the one in $KL_CACHE/env.sh (venv-lab).
+/// Python with ipykernel >= 7.3 (CurveZMQ): `$KL_PY_LAB` or the one in $KL_CACHE/env.sh.
 pub fn lab_python() -> String {
     let p = std::env::var("KL_PY_LAB")
         .ok()
         .or_else(|| env_sh("KL_PY_LAB"));
-    let p = p.expect(
-        "KL_PY_LAB is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh",
-    );
+    let p = p.expect("KL_PY_LAB (a python with ipykernel >= 7.3, for CurveZMQ) is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh");
     assert!(
         Path::new(&p).is_file(),
         "KL_PY_LAB={p} does not exist: run scripts/setup-env.sh"
