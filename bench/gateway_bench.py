@@ -394,15 +394,26 @@ def _loop(one) -> dict:
 
 
 def zmq_executes(info: dict) -> dict:
+    """The raw ZMQ floor. A connection file with `curve_publickey` belongs to a kernel bound as
+    a CurveZMQ server: the sockets are then CURVE clients (that server key, a fresh key pair of
+    their own), as a gateway's are; the result says which (`curve`)."""
     ctx = zmq.Context()
     session = Session(key=info["key"].encode(), signature_scheme=info.get("signature_scheme", "hmac-sha256"),
                       username="bench")
     ip = info["ip"] if info["ip"] not in ("0.0.0.0", "") else "127.0.0.1"
-    shell = ctx.socket(zmq.DEALER)
-    shell.linger = 0
+    curve = bool(info.get("curve_publickey"))
+
+    def socket(kind: int) -> zmq.Socket:
+        s = ctx.socket(kind)
+        s.linger = 0
+        if curve:
+            s.curve_serverkey = info["curve_publickey"].encode()
+            s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+        return s
+
+    shell = socket(zmq.DEALER)
     shell.connect(f"{info['transport']}://{ip}:{info['shell_port']}")
-    iopub = ctx.socket(zmq.SUB)
-    iopub.linger = 0
+    iopub = socket(zmq.SUB)
     iopub.setsockopt(zmq.SUBSCRIBE, b"")
     iopub.connect(f"{info['transport']}://{ip}:{info['iopub_port']}")
     poller = zmq.Poller()
@@ -445,7 +456,7 @@ def zmq_executes(info: dict) -> dict:
         while poller.poll(100):  # drain the replies to the probes
             for sock, _ in poller.poll(0):
                 session.recv(sock, mode=zmq.NOBLOCK)
-        return _loop(one)
+        return {**_loop(one), "curve": curve}
     finally:
         shell.close()
         iopub.close()

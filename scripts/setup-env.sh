@@ -11,6 +11,8 @@
 #                                      namespaces, ssh into them)
 #       chromium, chromium-driver      tests/gateway/test_jupyterlab.py (headless JupyterLab via
 #                                      /usr/bin/chromedriver; no browser is downloaded)
+#       tcpdump                        gateway-lite's capture test (CurveZMQ seen on the wire: a
+#                                      marker printed by a cell must not appear on loopback)
 #   - five pinned virtualenvs (tests/requirements/{kernel,eg,gp,lab,papermill}.txt)
 #       venv-kernel  ipykernel 6 + jupyter_client 8; runs the ipykernel kernels of the Rust tests,
 #                    tests/eg and tests/gateway, and EG's launch_ipykernel.py
@@ -55,6 +57,9 @@ apt_packages+=(chromium chromium-driver)
 # systemd (systemd-analyze verify checks deploy/gateway-lite.service), file (scripts/dist.sh
 # checks its binaries are static), curl (tests of the gateway-lite image).
 apt_packages+=(systemd file curl)
+# tcpdump: gateway-lite's capture test records the kernel's loopback traffic and looks for a
+# marker printed by a cell (absent under CurveZMQ, present in clear text).
+apt_packages+=(tcpdump)
 ensure_apt() {
     local missing=() p
     for p in "${apt_packages[@]}"; do

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 mod client;
 mod procs;
+pub mod tcpdump;
 
 pub use client::{KernelClient, v1_encode};
 pub use procs::{
