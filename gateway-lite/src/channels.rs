@@ -62,7 +62,7 @@ pub struct KernelEndpoints {
     pub secret: Option<std::sync::Arc<str>>,
     /// The kernel's CurveZMQ public key, when it binds its channels as CURVE servers: every
     /// socket to it is then a CURVE client trusting this key.
-    pub curve: Option<[u8; protocol::z85::KEY_LEN]>,
+    pub curve: Option<curve::CurveLink>,
 }
 
 impl KernelEndpoints {
@@ -219,9 +219,9 @@ pub async fn dealer(
     channel: Channel,
     identity: Option<&[u8]>,
 ) -> Result<Dealer, SocketError> {
-    if let Some(key) = &ep.curve {
+    if let Some(link) = &ep.curve {
         return Ok(Dealer::Curve(
-            CurveSocket::dealer(key, &ep.endpoint(channel), identity).await?,
+            CurveSocket::dealer(link, &ep.endpoint(channel), identity).await?,
         ));
     }
     let mut s = DealerSocket::with_options(options(identity));
@@ -231,9 +231,9 @@ pub async fn dealer(
 
 /// A SUB connected to iopub, subscribed to everything (a CURVE client for a CurveZMQ kernel).
 pub async fn subscriber(ep: &KernelEndpoints) -> Result<Subscriber, SocketError> {
-    if let Some(key) = &ep.curve {
+    if let Some(link) = &ep.curve {
         return Ok(Subscriber::Curve(
-            CurveSocket::subscriber(key, &ep.endpoint(Channel::Iopub)).await?,
+            CurveSocket::subscriber(link, &ep.endpoint(Channel::Iopub)).await?,
         ));
     }
     let mut s = SubSocket::with_options(options(None));

@@ -18,7 +18,7 @@
 //!   at `<IDS|MSG>` either way, so [`protocol::wire::split`] reads it unchanged.
 //! - `ROUTING_ID` is honoured, so one client's shell and stdin share an identity here too.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use protocol::z85::KEY_LEN;
@@ -29,14 +29,38 @@ use rzmq::{Context, Msg, MsgFlags, SocketType};
 
 pub use rzmq::ZmqError;
 
-/// The process's one `rzmq` context (its sockets are actors on the tokio runtime).
-fn context() -> Result<&'static Context, ZmqError> {
-    static CONTEXT: OnceLock<Context> = OnceLock::new();
-    if let Some(c) = CONTEXT.get() {
-        return Ok(c);
+/// A kernel incarnation's CurveZMQ link: the server key every socket to it trusts, and the
+/// `rzmq` context those sockets are made in. One per incarnation, held by its
+/// [`super::KernelEndpoints`], so the context ends with the last holder of those endpoints
+/// (each socket is closed by its own [`CurveSocket`] before that).
+#[derive(Clone)]
+pub struct CurveLink {
+    server_key: [u8; KEY_LEN],
+    context: Context,
+}
+
+impl CurveLink {
+    /// A link trusting `server_key` (the kernel's `curve_publickey`, decoded).
+    pub fn new(server_key: [u8; KEY_LEN]) -> Result<Self, ZmqError> {
+        let context = Context::new()?.with_blocky(false);
+        Ok(CurveLink {
+            server_key,
+            context,
+        })
     }
-    let c = Context::new()?.with_blocky(false);
-    Ok(CONTEXT.get_or_init(|| c))
+
+    /// The kernel's public key.
+    pub fn server_key(&self) -> &[u8; KEY_LEN] {
+        &self.server_key
+    }
+}
+
+impl std::fmt::Debug for CurveLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurveLink")
+            .field("server_key", &protocol::z85::encode_key(&self.server_key))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A fresh X25519 key pair for one client socket: (public, secret), raw bytes.
@@ -60,17 +84,17 @@ impl CurveSocket {
     /// A socket of `kind` (DEALER or SUB) trusting `server_key`, connected to `endpoint`.
     async fn connect(
         kind: SocketType,
-        server_key: &[u8; KEY_LEN],
+        link: &CurveLink,
         endpoint: &str,
         identity: Option<&[u8]>,
     ) -> Result<CurveSocket, ZmqError> {
-        let socket = context()?.socket(kind)?;
+        let socket = link.context.socket(kind)?;
         // Owned from here on: an error below closes it.
         let s = CurveSocket { socket };
         s.socket.set_option_raw(LINGER, &0i32.to_ne_bytes()).await?;
         let (public, secret) = client_key_pair()?;
         s.socket
-            .set_option_raw(CURVE_SERVER_KEY, server_key)
+            .set_option_raw(CURVE_SERVER_KEY, &link.server_key)
             .await?;
         s.socket.set_option_raw(CURVE_PUBLIC_KEY, &public).await?;
         // StaticSecret zeroizes itself when dropped at the end of this function.
@@ -89,21 +113,18 @@ impl CurveSocket {
 
     /// A DEALER; see [`super::dealer`].
     pub async fn dealer(
-        server_key: &[u8; KEY_LEN],
+        link: &CurveLink,
         endpoint: &str,
         identity: Option<&[u8]>,
     ) -> Result<Arc<CurveSocket>, ZmqError> {
-        Self::connect(SocketType::Dealer, server_key, endpoint, identity)
+        Self::connect(SocketType::Dealer, link, endpoint, identity)
             .await
             .map(Arc::new)
     }
 
     /// A SUB subscribed to everything; see [`super::subscriber`].
-    pub async fn subscriber(
-        server_key: &[u8; KEY_LEN],
-        endpoint: &str,
-    ) -> Result<CurveSocket, ZmqError> {
-        Self::connect(SocketType::Sub, server_key, endpoint, None).await
+    pub async fn subscriber(link: &CurveLink, endpoint: &str) -> Result<CurveSocket, ZmqError> {
+        Self::connect(SocketType::Sub, link, endpoint, None).await
     }
 
     /// Sends one multipart message.

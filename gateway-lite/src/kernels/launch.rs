@@ -292,6 +292,10 @@ fn endpoints(
             "the connection info has an empty key; unsigned kernels are refused".into(),
         ));
     }
+    let curve = curve
+        .map(crate::channels::curve::CurveLink::new)
+        .transpose()
+        .map_err(|e| fail(format!("cannot set up the CurveZMQ link: {e}")))?;
     Ok(KernelEndpoints {
         signer: Signer::new(info.key.as_bytes()),
         info,

@@ -217,7 +217,10 @@ pub(super) async fn restore(
         .as_deref()
         .map(protocol::z85::decode_key)
         .transpose()
-        .map_err(|e| format!("its recorded curve_publickey is not a CurveZMQ key: {e}"))?;
+        .map_err(|e| format!("its recorded curve_publickey is not a CurveZMQ key: {e}"))?
+        .map(channels::curve::CurveLink::new)
+        .transpose()
+        .map_err(|e| format!("cannot set up its CurveZMQ link: {e}"))?;
     let endpoints = Arc::new(channels::KernelEndpoints {
         signer: protocol::wire::Signer::new(record.connection.key.as_bytes()),
         info: record.connection.clone(),
@@ -275,7 +278,10 @@ fn record_of(kernel: &Kernel, p: &Process) -> KernelRecord {
         pgid: ep.pgid,
         placement: p.launched.placement.clone(),
         launch_secret: ep.secret.as_deref().map(str::to_owned),
-        curve_publickey: ep.curve.as_ref().map(protocol::z85::encode_key),
+        curve_publickey: ep
+            .curve
+            .as_ref()
+            .map(|c| protocol::z85::encode_key(c.server_key())),
         pool: None,
     }
 }
