@@ -72,28 +72,26 @@ pub fn run_ok(cmd: &mut Command, hint: &str) -> String {
 
 /// Python with ipykernel: `$KL_PY_KERNEL` or the one in $KL_CACHE/env.sh.
 pub fn python() -> String {
-    let p = std::env::var("KL_PY_KERNEL")
-        .ok()
-        .or_else(|| env_sh("KL_PY_KERNEL"));
-    let p = p.expect("KL_PY_KERNEL is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh");
+    venv_python("KL_PY_KERNEL", "a python with ipykernel")
+}
+
+/// The python that `var` names (from the environment or $KL_CACHE/env.sh); panics with the
+/// fix when it is missing.
+fn venv_python(var: &str, what: &str) -> String {
+    let p = std::env::var(var).ok().or_else(|| env_sh(var));
+    let p = p.unwrap_or_else(|| {
+        panic!("{var} ({what}) is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh")
+    });
     assert!(
         Path::new(&p).is_file(),
-        "KL_PY_KERNEL={p} does not exist: run scripts/setup-env.sh"
+        "{var}={p} does not exist: run scripts/setup-env.sh"
     );
     p
 }
 
 /// Python with ipykernel >= 7.3 (CurveZMQ): `$KL_PY_LAB` or the one in $KL_CACHE/env.sh.
 pub fn lab_python() -> String {
-    let p = std::env::var("KL_PY_LAB")
-        .ok()
-        .or_else(|| env_sh("KL_PY_LAB"));
-    let p = p.expect("KL_PY_LAB (a python with ipykernel >= 7.3, for CurveZMQ) is not set and not in ~/.cache/kernel-launcher/env.sh: run scripts/setup-env.sh");
-    assert!(
-        Path::new(&p).is_file(),
-        "KL_PY_LAB={p} does not exist: run scripts/setup-env.sh"
-    );
-    p
+    venv_python("KL_PY_LAB", "a python with ipykernel >= 7.3, for CurveZMQ")
 }
 
 /// Polls until `check` holds (bounded by WAIT); the last value seen otherwise.
