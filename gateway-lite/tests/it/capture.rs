@@ -12,7 +12,8 @@
 //! iopub's execute_input), which holds only the halves.
 //!
 //! Needs root (tcpdump on `lo`); other tests may run kernels meanwhile, so whatever is checked
-//! in detail is taken from the connections on this kernel's ports only.
+//! in detail is taken from the connections on this kernel's ports only. The capture and its
+//! checks are shared with `ssh_curve`, which captures a remote host's veth instead.
 
 use serde_json::{Value, json};
 
@@ -92,7 +93,7 @@ async fn kernel_ports(id: &str) -> Vec<(String, u16)> {
 }
 
 /// What one captured cell left on the wire.
-struct Seen {
+pub(crate) struct Seen {
     pcap: Pcap,
     ports: Vec<(String, u16)>,
     model: Value,
@@ -144,11 +145,12 @@ impl Seen {
 
     fn describe(&self) -> String {
         format!(
-            "model {}; ports {:?}; {} bytes captured ({:?} packets dropped on lo), {} on the kernel's ports; greetings {:?}; tcpdump: {}",
+            "model {}; ports {:?}; {} bytes captured ({:?} packets dropped on {}), {} on the kernel's ports; greetings {:?}; tcpdump: {}",
             self.model,
             self.ports,
             self.pcap.bytes.len(),
             self.pcap.dropped(),
+            self.pcap.iface,
             self.kernel_bytes(),
             self.greetings(),
             self.pcap.said.trim()
@@ -156,12 +158,16 @@ impl Seen {
     }
 }
 
-/// Captures `lo` (all TCP but the gateway's port) while a kernel of `spec` starts and runs a
-/// cell that prints a fresh marker 20 times; stops the capture, then deletes the kernel.
-async fn capture_cell(gw: &Gateway, spec: &str) -> Seen {
+/// A capture of `lo`: all TCP but the gateway's own port.
+fn on_lo(gw: &Gateway) -> Capture {
+    Capture::start(&gw.dir.join("lo.pcap"), gw.port)
+}
+
+/// With `capture` running, starts a kernel of `spec` and runs a cell that prints a fresh
+/// marker 20 times; stops the capture, then deletes the kernel.
+pub(crate) async fn capture_cell(gw: &Gateway, spec: &str, capture: Capture) -> Seen {
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let (a, b) = marker.split_at(16);
-    let capture = Capture::start(&gw.dir.join("lo.pcap"), gw.port);
     let id = gw.start_kernel(spec).await;
     let mut c = gw.connect(&id, false).await;
     let out = c
@@ -190,7 +196,7 @@ async fn capture_cell(gw: &Gateway, spec: &str) -> Seen {
 
 /// The capture holds this kernel's traffic, all of it: more than 1 KB on its ports, requests
 /// to its shell port, output from its iopub port, and no connection on its ports with bytes
-/// missing (tcpdump's drop count is for all of `lo`, which other tests share).
+/// missing (tcpdump's drop count is for the whole interface, which other tests may share).
 fn assert_kernel_traffic(seen: &Seen) {
     let ports = seen.port_numbers();
     let streams = seen.pcap.streams(&ports);
@@ -224,48 +230,61 @@ fn assert_mechanism(seen: &Seen, want: Mechanism) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn curve_kernel_traffic_hides_the_cell_output() {
-    let gw = gateway(&[]);
-    let seen = capture_cell(&gw, CURVE_SPEC).await;
+/// The checks of a CurveZMQ kernel's capture: model "curve", the kernel's traffic captured in
+/// full, neither the marker (output) nor a half of it (code) anywhere in the capture, CURVE
+/// in every greeting on its ports.
+pub(crate) fn assert_hidden(seen: &Seen) {
     assert_eq!(
         seen.model["transport_encryption"],
         "curve",
         "{}",
         seen.describe()
     );
-    assert_kernel_traffic(&seen);
+    assert_kernel_traffic(seen);
+    let wire = &seen.pcap.iface;
     assert!(
         !contains(&seen.pcap.bytes, seen.marker.as_bytes()),
-        "the cell's output is readable on lo: {}",
+        "the cell's output is readable on {wire}: {}",
         seen.describe()
     );
     assert!(
         !contains(&seen.pcap.bytes, seen.half.as_bytes()),
-        "the cell's code is readable on lo: {}",
+        "the cell's code is readable on {wire}: {}",
         seen.describe()
     );
-    assert_mechanism(&seen, Mechanism::Curve);
+    assert_mechanism(seen, Mechanism::Curve);
 }
 
-/// Runs the marker cell on `spec` under a gateway with `args` and checks the kernel's channels
-/// were clear text: model "none", the marker readable in the capture, NULL greetings.
-async fn assert_clear_text(args: &[&str], spec: &str) {
-    let gw = gateway(args);
-    let seen = capture_cell(&gw, spec).await;
+/// The checks of a clear-text kernel's capture (the control of [`assert_hidden`]): model
+/// "none", the kernel's traffic captured in full, the marker readable in its iopub stream,
+/// NULL greetings.
+pub(crate) fn assert_readable(seen: &Seen) {
     assert_eq!(
         seen.model["transport_encryption"],
         "none",
         "{}",
         seen.describe()
     );
-    assert_kernel_traffic(&seen);
+    assert_kernel_traffic(seen);
     assert!(
         seen.marker_in_iopub(),
         "the clear-text output should be in the capture: {}",
         seen.describe()
     );
-    assert_mechanism(&seen, Mechanism::Null);
+    assert_mechanism(seen, Mechanism::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curve_kernel_traffic_hides_the_cell_output() {
+    let gw = gateway(&[]);
+    assert_hidden(&capture_cell(&gw, CURVE_SPEC, on_lo(&gw)).await);
+}
+
+/// Runs the marker cell on `spec` under a gateway with `args` and checks the kernel's channels
+/// were clear text.
+async fn assert_clear_text(args: &[&str], spec: &str) {
+    let gw = gateway(args);
+    assert_readable(&capture_cell(&gw, spec, on_lo(&gw)).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

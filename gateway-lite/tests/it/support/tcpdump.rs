@@ -1,6 +1,7 @@
-//! A capture of the loopback interface with tcpdump, and a reader of the pcap file it writes:
-//! the TCP bytes between gateway-lite and its kernels as anyone with `CAP_NET_RAW` on the host
-//! sees them. The capture tests look for a cell's output in them.
+//! A capture with tcpdump, of the loopback interface or of a network namespace's veth (a
+//! "remote host" of the SSH tests), and a reader of the pcap file it writes: the TCP bytes
+//! between gateway-lite and its kernels as anyone with `CAP_NET_RAW` on that host sees them.
+//! The capture tests look for a cell's output in them.
 //!
 //! Facts this relies on (tcpdump 4.99 / libpcap 1.10, Debian 12):
 //! - tcpdump prints `listening on lo, ...` to stderr once the capture and its filter are
@@ -20,10 +21,15 @@
 //! - On SIGINT tcpdump prints `N packets dropped by kernel` and exits 0. That count covers all
 //!   of `lo`; what the tests need is checked per connection instead ([`Pcap::incomplete`]).
 //! - `lo` is captured with Ethernet framing (link type 1); the "any" pseudo-interface would
-//!   give Linux cooked headers (113, 276), which the reader takes too.
+//!   give Linux cooked headers (113, 276), which the reader takes too. A veth is Ethernet too.
+//! - In a namespace, tcpdump runs under `ip netns exec`, which execs it (the child's pid is
+//!   tcpdump's, for the SIGINT). The sentinel cannot go over `lo` there: it is a UDP datagram
+//!   sent from this namespace to the far end's address, which crosses the veth whether or not
+//!   anything listens on its port.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -31,11 +37,24 @@ use std::thread::JoinHandle;
 
 use super::WAIT;
 
+/// The UDP port the sentinel of a namespace capture goes to (RFC 863's discard port).
+const DISCARD: u16 = 9;
+
 /// A running tcpdump writing a pcap file.
 pub struct Capture {
     child: Child,
     file: PathBuf,
     stderr: JoinHandle<String>,
+    sentinel: Sentinel,
+    iface: String,
+}
+
+/// How [`Capture::stop`] sends its sentinel through the captured interface.
+enum Sentinel {
+    /// A TCP connection on 127.0.0.1.
+    Loopback,
+    /// A UDP datagram to the discard port of this address.
+    Udp(IpAddr),
 }
 
 /// What a stopped capture holds.
@@ -46,9 +65,12 @@ pub struct Pcap {
     pub segments: Vec<Segment>,
     /// tcpdump's stderr (its statistics at the end).
     pub said: String,
+    /// The interface captured.
+    pub iface: String,
 }
 
-/// One captured TCP segment (both ends are on this host: ports tell the connections apart).
+/// One captured TCP segment. Its ports tell the connections apart: on `lo` both ends are on
+/// this host, and on a veth the kernel's ports are its own.
 #[derive(Debug, Clone)]
 pub struct Segment {
     pub src: u16,
@@ -75,16 +97,50 @@ impl Capture {
     /// Starts tcpdump on `lo`, writing every TCP packet except those to or from port `except`
     /// (the gateway's HTTP/WebSocket port) to `file`; returns once it is capturing.
     pub fn start(file: &Path, except: u16) -> Capture {
+        let mut cmd = Command::new(tcpdump_binary());
+        cmd.args(["-i", "lo"]);
+        Capture::run(
+            cmd,
+            "lo",
+            file,
+            &format!("tcp and not port {except}"),
+            Sentinel::Loopback,
+        )
+    }
+
+    /// Starts tcpdump inside network namespace `ns` on its interface `iface`, writing every
+    /// TCP packet to `file`; `addr` is the namespace's address on `iface`, reachable from
+    /// here (the sentinel goes there). Returns once it is capturing.
+    pub fn start_in(ns: &str, iface: &str, addr: IpAddr, file: &Path) -> Capture {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(tcpdump_binary())
+            .args(["-i", iface]);
+        Capture::run(
+            cmd,
+            iface,
+            file,
+            &format!("tcp or (udp and dst port {DISCARD})"),
+            Sentinel::Udp(addr),
+        )
+    }
+
+    /// `cmd` is tcpdump with its interface chosen.
+    fn run(
+        mut cmd: Command,
+        iface: &str,
+        file: &Path,
+        filter: &str,
+        sentinel: Sentinel,
+    ) -> Capture {
         assert!(
             nix::unistd::geteuid().is_root(),
-            "the capture tests run tcpdump, which needs root (CAP_NET_RAW on lo): run them as root, as CI does"
+            "the capture tests run tcpdump, which needs root (CAP_NET_RAW on {iface}): run them as root, as CI does"
         );
-        let mut child = Command::new(tcpdump_binary())
-            .args([
-                "-i", "lo", "-n", "-U", "-s", "0", "-B", "32768", "-Z", "root", "-w",
-            ])
+        let mut child = cmd
+            .args(["-n", "-U", "-s", "0", "-B", "32768", "-Z", "root", "-w"])
             .arg(file)
-            .arg(format!("tcp and not port {except}"))
+            .arg(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -108,12 +164,14 @@ impl Capture {
             let _ = child.kill();
             let _ = child.wait();
             let said = stderr.join().unwrap_or_default();
-            panic!("tcpdump never said it was listening on lo:\n{said}");
+            panic!("tcpdump never said it was listening on {iface}:\n{said}");
         }
         Capture {
             child,
             file: file.to_owned(),
             stderr,
+            sentinel,
+            iface: iface.to_owned(),
         }
     }
 
@@ -135,15 +193,34 @@ impl Capture {
             bytes,
             segments,
             said,
+            iface: self.iface,
         }
     }
 
     fn flush(&mut self) {
         let token = format!("capture-sentinel-{}", uuid::Uuid::new_v4().simple());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut out = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_accepted, _) = listener.accept().unwrap();
-        out.write_all(token.as_bytes()).unwrap();
+        // Kept open until the token is in the file.
+        let _kept = match self.sentinel {
+            Sentinel::Loopback => {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let mut out = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                let accepted = listener.accept().unwrap();
+                out.write_all(token.as_bytes()).unwrap();
+                Some((out, accepted))
+            }
+            Sentinel::Udp(addr) => {
+                let any: IpAddr = if addr.is_ipv4() {
+                    Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    Ipv6Addr::UNSPECIFIED.into()
+                };
+                let socket = std::net::UdpSocket::bind((any, 0)).unwrap();
+                socket
+                    .send_to(token.as_bytes(), (addr, DISCARD))
+                    .unwrap_or_else(|e| panic!("sending the capture sentinel to {addr}: {e}"));
+                None
+            }
+        };
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let written = std::fs::read(&self.file).unwrap_or_default();
