@@ -41,7 +41,7 @@ fn gateway(dir: &std::path::Path, args: &[&str]) -> Gateway {
 }
 
 /// The connection file the kernel of `id` read (its `-f` argument).
-fn connection_file(id: &str) -> Value {
+pub(crate) fn connection_file(id: &str) -> Value {
     for pid in processes_of(id) {
         let a = argv(pid);
         if let Some(i) = a.iter().position(|x| x == "-f")
@@ -81,7 +81,7 @@ async fn clear_text_spy(c: &mut crate::support::KernelClient, conn: &Value) -> O
     }
 }
 
-async fn transport_encryption(gw: &Gateway, id: &str) -> Value {
+pub(crate) async fn transport_encryption(gw: &Gateway, id: &str) -> Value {
     let (status, model) = gw.json("GET", &format!("/api/kernels/{id}"), None).await;
     assert_eq!(status, 200, "{model}");
     let (_, list) = gw.json("GET", "/api/kernels", None).await;

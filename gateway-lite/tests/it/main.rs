@@ -17,6 +17,7 @@ mod shape;
 mod soak;
 mod specs;
 mod ssh;
+mod ssh_curve;
 mod support;
 mod swarm;
 mod teardown;

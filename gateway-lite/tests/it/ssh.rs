@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Gateway, Options, WAIT, processes_of, python};
 
-const DPP: &str = "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy";
+pub(crate) const DPP: &str =
+    "enterprise_gateway.services.processproxies.distributed.DistributedProcessProxy";
 
 fn run(cmd: &mut Command) -> String {
     support::run_ok(cmd, "install iproute2 and openssh-server")
@@ -32,6 +33,8 @@ struct Host {
     alias: String,
     ns: String,
     veth: String,
+    /// The namespace's end of the veth.
+    peer: String,
     /// The namespace's address (sshd, kernels).
     addr: String,
     /// The root namespace's end of the veth.
@@ -112,14 +115,15 @@ impl Hosts {
                 alias: format!("gl-host-{i}"),
                 ns: format!("gl-ssh-{tag}-{i}"),
                 veth: format!("gl{tag}{i}r"),
+                peer: format!("gl{tag}{i}n"),
                 addr: format!("10.201.{x}.2"),
                 gw: format!("10.201.{x}.1"),
                 sshd: None,
             };
-            let peer = format!("gl{tag}{i}n");
             ip(&["netns", "add", &h.ns]);
             made.hosts.push(h);
             let h = made.hosts.last_mut().unwrap();
+            let peer = h.peer.clone();
             ip(&[
                 "link", "add", &h.veth, "type", "veth", "peer", "name", &peer,
             ]);
@@ -248,6 +252,13 @@ impl Hosts {
     /// The ssh_config alias of host `i`.
     pub(crate) fn alias(&self, i: usize) -> &str {
         &self.hosts[i].alias
+    }
+
+    /// Host `i`'s network namespace, its end of the veth and its address there (what the
+    /// gateway connects to).
+    pub(crate) fn wire(&self, i: usize) -> (&str, &str, std::net::IpAddr) {
+        let h = &self.hosts[i];
+        (&h.ns, &h.peer, h.addr.parse().unwrap())
     }
 
     /// The host whose namespace is `net_ns`.
