@@ -157,12 +157,7 @@ async fn ipykernel_7_runs_over_curve_under_auto() {
     );
 
     // Interrupt (interrupt_request on the control channel, over CurveZMQ).
-    let sleep_id = c.start_sleep().await;
-    let (status, _, body) = gw
-        .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
-        .await;
-    assert_eq!(status, 204, "{body}");
-    assert_eq!(c.collect(&sleep_id).await.ename, "KeyboardInterrupt");
+    gw.interrupt_sleeping_cell(&id, &mut c).await;
 
     // Restart: a new incarnation with a new key pair, still CurveZMQ.
     let (status, _, body) = gw

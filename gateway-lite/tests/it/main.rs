@@ -158,12 +158,7 @@ async fn message_interrupts() {
     let gw = Gateway::start(Options::default());
     let id = gw.start_kernel("py_msg").await;
     let mut c = gw.connect(&id, false).await;
-    let sleep_id = c.start_sleep().await;
-    let (status, _, body) = gw
-        .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
-        .await;
-    assert_eq!(status, 204, "{body}");
-    assert_eq!(c.collect(&sleep_id).await.ename, "KeyboardInterrupt");
+    gw.interrupt_sleeping_cell(&id, &mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -93,12 +93,7 @@ async fn ssh_kernel_runs_over_curve_across_the_veth() {
     assert_eq!(c.execute("print(6*7)").await.text, "42\n", "{}", gw.log());
 
     // Interrupt: interrupt_request on the control channel, over CurveZMQ across the veth.
-    let sleep_id = c.start_sleep().await;
-    let (status, _, body) = gw
-        .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
-        .await;
-    assert_eq!(status, 204, "{body}");
-    assert_eq!(c.collect(&sleep_id).await.ename, "KeyboardInterrupt");
+    gw.interrupt_sleeping_cell(&id, &mut c).await;
     assert_eq!(
         c.execute("print(6*7)").await.text,
         "42\n",

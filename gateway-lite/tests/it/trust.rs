@@ -372,12 +372,7 @@ async fn a_strangers_comm_requests_leave_the_kernel_alive() {
     let mut c = gw.connect(&id, false).await;
     assert_eq!(c.execute("1+1").await.text, "2");
     // The gateway's own, signed interrupt still works.
-    let sleep = c.start_sleep().await;
-    let (status, _, body) = gw
-        .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
-        .await;
-    assert_eq!(status, 204, "{body}");
-    assert_eq!(c.collect(&sleep).await.ename, "KeyboardInterrupt");
+    gw.interrupt_sleeping_cell(&id, &mut c).await;
     drop(gw);
     let _ = std::fs::remove_dir_all(state);
 }

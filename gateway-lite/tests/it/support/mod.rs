@@ -320,6 +320,17 @@ impl Gateway {
         }
     }
 
+    /// Starts a long cell on `c`, interrupts kernel `id` through the REST API and checks the
+    /// cell ends with KeyboardInterrupt.
+    pub async fn interrupt_sleeping_cell(&self, id: &str, c: &mut KernelClient) {
+        let sleep_id = c.start_sleep().await;
+        let (status, _, body) = self
+            .http("POST", &format!("/api/kernels/{id}/interrupt"), None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+        assert_eq!(c.collect(&sleep_id).await.ename, "KeyboardInterrupt");
+    }
+
     /// One HTTP request; returns status, headers (lower-case names) and body.
     pub async fn http(
         &self,
