@@ -496,8 +496,10 @@ async fn docker_kernel_is_reattached_after_the_gateway_is_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_kernels_are_confined() {
-    let env = DockerEnv::new();
     let prefix = format!("gl{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    // Dropped last of all (after the gateway and, with `env`, its kernels' containers).
+    let _networks = UserNetworks(prefix.clone());
+    let env = DockerEnv::new();
     let gw = env.gateway(&["--docker-name-prefix", &prefix, "--docker-network-per-user"]);
     // No capability, no new privileges, a read-only root with a private /tmp.
     let start =
@@ -570,14 +572,18 @@ async fn docker_kernels_are_confined() {
         assert_eq!(status, 204);
     }
     drop(gw);
-    let (_, nets, _) = docker(&[
-        "network",
-        "ls",
-        "--quiet",
-        "--filter",
-        &format!("name={prefix}-user-"),
-    ]);
-    for n in nets.lines().filter(|l| !l.is_empty()) {
-        let _ = docker(&["network", "rm", n]);
+}
+
+/// Removes, when dropped (also when a test fails), the per-user networks a gateway with
+/// `--docker-name-prefix` made.
+struct UserNetworks(String);
+
+impl Drop for UserNetworks {
+    fn drop(&mut self) {
+        let filter = format!("name={}-user-", self.0);
+        let (_, nets, _) = docker(&["network", "ls", "--quiet", "--filter", &filter]);
+        for n in nets.lines().filter(|l| !l.is_empty()) {
+            let _ = docker(&["network", "rm", n]);
+        }
     }
 }
