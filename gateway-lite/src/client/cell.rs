@@ -208,25 +208,10 @@ pub async fn run_cell(
     }
     let reply = reply.unwrap_or(Value::Null);
     let error = if reply.get("status").and_then(Value::as_str) == Some("error") {
-        outputs.error().cloned().or_else(|| {
-            let s = |k: &str| {
-                reply
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let tb = reply
-                .get("traceback")
-                .and_then(Value::as_array)
-                .map(|t| {
-                    t.iter()
-                        .filter_map(|l| l.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some((s("ename"), s("evalue"), tb))
-        })
+        outputs
+            .error()
+            .cloned()
+            .or_else(|| Some(super::outputs::error_fields(&reply)))
     } else {
         None
     };

@@ -192,19 +192,10 @@ fn incoming(
     })
 }
 
-/// Now, as ISO 8601 in UTC with microseconds (`2026-01-02T03:04:05.123456Z`).
+/// Now, as ISO 8601 in UTC with microseconds (`2026-01-02T03:04:05.123456Z`), as the
+/// gateway stamps its own messages.
 pub fn now_iso() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    crate::channels::timestamp(time::OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]

@@ -206,25 +206,7 @@ impl CellOutputs {
             }
             "error" => {
                 self.before_output();
-                let ename = content
-                    .get("ename")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let evalue = content
-                    .get("evalue")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let traceback: Vec<String> = content
-                    .get("traceback")
-                    .and_then(Value::as_array)
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|l| l.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let (ename, evalue, traceback) = error_fields(content);
                 self.outputs.push(json!({
                     "output_type": "error",
                     "ename": ename,
@@ -265,6 +247,28 @@ impl CellOutputs {
     pub fn to_value(&self) -> Value {
         Value::Array(self.outputs.clone())
     }
+}
+
+/// `ename`, `evalue` and `traceback` of an `error` message's content or an error
+/// `execute_reply`; missing or mistyped fields read as empty.
+pub fn error_fields(content: &Value) -> (String, String, Vec<String>) {
+    let s = |k: &str| {
+        content
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let traceback = content
+        .get("traceback")
+        .and_then(Value::as_array)
+        .map(|t| {
+            t.iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (s("ename"), s("evalue"), traceback)
 }
 
 #[cfg(test)]
