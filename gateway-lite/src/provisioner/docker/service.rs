@@ -50,6 +50,9 @@ const POLL: Duration = Duration::from_millis(500);
 const LOG_DRAIN: Duration = Duration::from_secs(2);
 /// A pause in that stream after which no more lines are expected.
 const LOG_QUIET: Duration = Duration::from_millis(250);
+/// How long a running task's name may take to appear in Swarm's DNS, and a task that just
+/// ended to be reported ended, before the gateway says it cannot reach the task.
+const DNS_SETTLE: Duration = Duration::from_secs(3);
 
 fn fail(message: impl Into<String>) -> LaunchError {
     LaunchError::Docker(message.into())
@@ -149,7 +152,7 @@ impl Docker {
             match task_progress(client, id).await? {
                 Progress::Running { container } => {
                     return self
-                        .address(client, name, network, container.as_deref())
+                        .address(client, id, name, network, container.as_deref())
                         .await;
                 }
                 Progress::Ended { .. } => return Ok("0.0.0.0".into()),
@@ -175,28 +178,49 @@ impl Docker {
     }
 
     /// The task's address on `network`: from its container on this node, else from Swarm's
-    /// DNS.
+    /// DNS. `0.0.0.0` when the task ended meanwhile (the follower reports the exit with the
+    /// log).
+    ///
+    /// A kernel that fails at once (a launcher refusing its request exits within
+    /// milliseconds) is often seen running by one poll and gone by the next: its container is
+    /// stopped and off the network, and `tasks.NAME` no longer resolves. That is an ended
+    /// task, not one on another node, so the task's state decides before the error is given.
     async fn address(
         &self,
         client: &bollard::Docker,
+        id: &str,
         name: &str,
         network: &str,
         container: Option<&str>,
     ) -> Result<String, LaunchError> {
         if let Some(c) = container
             && let Ok(Some(state)) = self.inspect(client, c).await
-            && let Some(ip) = state.ip_on(network)
         {
-            return Ok(ip);
+            if let Some(ip) = state.ip_on(network) {
+                return Ok(ip);
+            }
+            if !state.running {
+                return Ok("0.0.0.0".into());
+            }
         }
-        let lookup = tokio::net::lookup_host((format!("tasks.{name}"), 0)).await;
-        match lookup.ok().and_then(|mut a| a.next()) {
-            Some(a) => Ok(a.ip().to_string()),
-            None => Err(fail(format!(
-                "cannot find the address of service {name}'s task on network {network}: it runs \
-                 on another node and tasks.{name} does not resolve here; run gateway-lite on \
-                 the network {network} (as a Swarm service or an attached container)"
-            ))),
+        let deadline = tokio::time::Instant::now() + DNS_SETTLE;
+        loop {
+            let lookup = tokio::net::lookup_host((format!("tasks.{name}"), 0)).await;
+            if let Some(a) = lookup.ok().and_then(|mut a| a.next()) {
+                return Ok(a.ip().to_string());
+            }
+            if let Progress::Ended { .. } = task_progress(client, id).await? {
+                return Ok("0.0.0.0".into());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(fail(format!(
+                    "cannot find the address of service {name}'s task on network {network}: it \
+                     runs on another node and tasks.{name} does not resolve here; run \
+                     gateway-lite on the network {network} (as a Swarm service or an attached \
+                     container)"
+                )));
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -333,7 +357,7 @@ impl Docker {
         }
         let now = match task_progress(&client, service).await? {
             Progress::Running { container } => self
-                .address(&client, name, network, container.as_deref())
+                .address(&client, service, name, network, container.as_deref())
                 .await
                 .unwrap_or_else(|_| host.to_owned()),
             _ => {
