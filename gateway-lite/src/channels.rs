@@ -14,6 +14,7 @@
 //! [`Subscriber`] hide which, so callers send and receive [`Frames`] the same way for both.
 
 pub mod curve;
+pub mod relay;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::connection::ConnectionInfo;
+use protocol::frame_guard::FrameLimits;
 pub use protocol::wire::Channel;
 use protocol::wire::{self, Signer, WireMessage, header_fields};
 use serde_json::{Value, json};
@@ -31,6 +33,7 @@ use zeromq::{
 };
 
 use curve::CurveSocket;
+use relay::Relay;
 
 /// How long connecting one socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,22 +66,45 @@ pub struct KernelEndpoints {
     /// The kernel's CurveZMQ public key, when it binds its channels as CURVE servers: every
     /// socket to it is then a CURVE client trusting this key.
     pub curve: Option<curve::CurveLink>,
+    /// Bounds on what the kernel may send on one socket (see [`relay`]).
+    pub limits: FrameLimits,
 }
 
 impl KernelEndpoints {
-    /// `tcp://host:port` for `channel`.
-    pub fn endpoint(&self, channel: Channel) -> String {
-        let port = match channel {
+    /// The kernel's port for `channel`.
+    fn port(&self, channel: Channel) -> u16 {
+        match channel {
             Channel::Shell => self.info.shell_port,
             Channel::Control => self.info.control_port,
             Channel::Stdin => self.info.stdin_port,
             Channel::Iopub => self.info.iopub_port,
-        };
+        }
+    }
+
+    /// `tcp://host:port` for `channel`.
+    pub fn endpoint(&self, channel: Channel) -> String {
+        let port = self.port(channel);
         if self.host.contains(':') {
             format!("tcp://[{}]:{port}", self.host)
         } else {
             format!("tcp://{}:{port}", self.host)
         }
+    }
+}
+
+/// Most parts the gateway takes in one kernel message (a Jupyter message has its routing
+/// identities, the delimiter, signature, four JSON parts and its buffers).
+const MAX_PARTS: u64 = 10_000;
+
+/// The bounds on a kernel's sockets for `--max-message-bytes`: twice that per message, so
+/// a message somewhat over the limit still reaches the bridge, which tells the client it was
+/// dropped; beyond that the kernel's connection is closed (see [`relay`]).
+pub fn frame_limits(max_message_bytes: usize) -> FrameLimits {
+    FrameLimits {
+        max_message_bytes: u64::try_from(max_message_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2),
+        max_parts: MAX_PARTS,
     }
 }
 
@@ -115,12 +141,20 @@ pub enum SocketError {
     /// A CurveZMQ socket (`rzmq`).
     #[error("zeromq (CurveZMQ): {0}")]
     Curve(#[from] curve::ZmqError),
+    /// The relay in front of a clear-text socket could not start.
+    #[error("starting the relay to the kernel's {} port: {source}", .channel.as_str())]
+    Relay {
+        /// The socket's channel.
+        channel: Channel,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A connected DEALER, clear text or CurveZMQ.
 pub enum Dealer {
-    /// `zeromq`.
-    Clear(DealerSocket),
+    /// `zeromq`, through its relay.
+    Clear(DealerSocket, Arc<Relay>),
     /// `rzmq`, CURVE client.
     Curve(Arc<CurveSocket>),
 }
@@ -129,7 +163,7 @@ impl Dealer {
     /// Sends one message.
     pub async fn send(&mut self, frames: Frames) -> Result<(), SocketError> {
         match self {
-            Dealer::Clear(s) => Ok(s.send(zmq_message(frames)).await?),
+            Dealer::Clear(s, _) => Ok(s.send(zmq_message(frames)).await?),
             Dealer::Curve(s) => Ok(s.send(frames).await?),
         }
     }
@@ -137,7 +171,7 @@ impl Dealer {
     /// Receives one message.
     pub async fn recv(&mut self) -> Result<Frames, SocketError> {
         match self {
-            Dealer::Clear(s) => Ok(s.recv().await?.into_vec()),
+            Dealer::Clear(s, _) => Ok(s.recv().await?.into_vec()),
             Dealer::Curve(s) => Ok(s.recv().await?),
         }
     }
@@ -145,9 +179,18 @@ impl Dealer {
     /// Sending and receiving halves, for a task that does both at once.
     fn split(self) -> (DealerTx, DealerRx) {
         match self {
-            Dealer::Clear(s) => {
+            Dealer::Clear(s, relay) => {
                 let (tx, rx) = s.split();
-                (DealerTx::Clear(tx), DealerRx::Clear(rx))
+                (
+                    DealerTx::Clear {
+                        half: tx,
+                        _relay: relay.clone(),
+                    },
+                    DealerRx::Clear {
+                        half: rx,
+                        _relay: relay,
+                    },
+                )
             }
             Dealer::Curve(s) => (DealerTx::Curve(s.clone()), DealerRx::Curve(s)),
         }
@@ -156,14 +199,18 @@ impl Dealer {
 
 /// The sending half of a [`Dealer`].
 enum DealerTx {
-    Clear(DealerSendHalf),
+    /// The relay is held by both halves: it ends with the last of them.
+    Clear {
+        half: DealerSendHalf,
+        _relay: Arc<Relay>,
+    },
     Curve(Arc<CurveSocket>),
 }
 
 impl DealerTx {
     async fn send(&mut self, frames: Frames) -> Result<(), SocketError> {
         match self {
-            DealerTx::Clear(s) => Ok(s.send(zmq_message(frames)).await?),
+            DealerTx::Clear { half: s, .. } => Ok(s.send(zmq_message(frames)).await?),
             DealerTx::Curve(s) => Ok(s.send(frames).await?),
         }
     }
@@ -171,14 +218,17 @@ impl DealerTx {
 
 /// The receiving half of a [`Dealer`].
 enum DealerRx {
-    Clear(DealerRecvHalf),
+    Clear {
+        half: DealerRecvHalf,
+        _relay: Arc<Relay>,
+    },
     Curve(Arc<CurveSocket>),
 }
 
 impl DealerRx {
     async fn recv(&mut self) -> Result<Frames, SocketError> {
         match self {
-            DealerRx::Clear(s) => Ok(s.recv().await?.into_vec()),
+            DealerRx::Clear { half: s, .. } => Ok(s.recv().await?.into_vec()),
             DealerRx::Curve(s) => Ok(s.recv().await?),
         }
     }
@@ -186,8 +236,8 @@ impl DealerRx {
 
 /// A connected SUB, subscribed to everything, clear text or CurveZMQ.
 pub enum Subscriber {
-    /// `zeromq`.
-    Clear(SubSocket),
+    /// `zeromq`, through its relay.
+    Clear(SubSocket, Relay),
     /// `rzmq`, CURVE client.
     Curve(CurveSocket),
 }
@@ -196,7 +246,7 @@ impl Subscriber {
     /// Receives one message.
     pub async fn recv(&mut self) -> Result<Frames, SocketError> {
         match self {
-            Subscriber::Clear(s) => Ok(s.recv().await?.into_vec()),
+            Subscriber::Clear(s, _) => Ok(s.recv().await?.into_vec()),
             Subscriber::Curve(s) => Ok(s.recv().await?),
         }
     }
@@ -221,25 +271,38 @@ pub async fn dealer(
 ) -> Result<Dealer, SocketError> {
     if let Some(link) = &ep.curve {
         return Ok(Dealer::Curve(
-            CurveSocket::dealer(link, &ep.endpoint(channel), identity).await?,
+            CurveSocket::dealer(link, &ep.endpoint(channel), identity, ep.limits).await?,
         ));
     }
+    let relay = relay(ep, channel)?;
     let mut s = DealerSocket::with_options(options(identity));
-    s.connect(&ep.endpoint(channel)).await?;
-    Ok(Dealer::Clear(s))
+    s.connect(relay.endpoint()).await?;
+    Ok(Dealer::Clear(s, Arc::new(relay)))
+}
+
+/// The relay a clear-text socket on `channel` connects through.
+fn relay(ep: &KernelEndpoints, channel: Channel) -> Result<Relay, SocketError> {
+    Relay::start(
+        (ep.host.clone(), ep.port(channel)),
+        ep.limits,
+        CONNECT_TIMEOUT,
+        channel,
+    )
+    .map_err(|source| SocketError::Relay { channel, source })
 }
 
 /// A SUB connected to iopub, subscribed to everything (a CURVE client for a CurveZMQ kernel).
 pub async fn subscriber(ep: &KernelEndpoints) -> Result<Subscriber, SocketError> {
     if let Some(link) = &ep.curve {
         return Ok(Subscriber::Curve(
-            CurveSocket::subscriber(link, &ep.endpoint(Channel::Iopub)).await?,
+            CurveSocket::subscriber(link, &ep.endpoint(Channel::Iopub), ep.limits).await?,
         ));
     }
+    let relay = relay(ep, Channel::Iopub)?;
     let mut s = SubSocket::with_options(options(None));
-    s.connect(&ep.endpoint(Channel::Iopub)).await?;
+    s.connect(relay.endpoint()).await?;
     s.subscribe("").await?;
-    Ok(Subscriber::Clear(s))
+    Ok(Subscriber::Clear(s, relay))
 }
 
 /// Frames as a `zeromq` message.

@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grace: Grace::default(),
         port_range: config.port_range,
         transport_encryption: config.transport_encryption,
+        frame_limits: channels::frame_limits(config.max_message_bytes),
     };
     let rules = Rules {
         limits: config.limits,

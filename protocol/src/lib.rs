@@ -16,6 +16,7 @@
 //! - [`wsframe`]: the two WebSocket framings of kernel messages (legacy JSON and v1).
 //! - [`z85`]: ZeroMQ's base-85 text form of CurveZMQ keys.
 //! - [`zmtp`]: the ZMTP 3.x greeting, which names a ZeroMQ socket's security mechanism.
+//! - [`frame_guard`]: bounds on the frames and messages of a ZMTP stream, read as it passes.
 //! - [`spec`]: prose description of these formats, with the upstream documents they follow.
 //! - [`testing`]: a deterministic RNG for tests and fuzzing (never for production).
 //!
@@ -28,6 +29,7 @@
 
 pub mod comm;
 pub mod connection;
+pub mod frame_guard;
 pub mod payload;
 pub mod ports;
 pub mod quantity;

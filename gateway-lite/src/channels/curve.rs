@@ -24,13 +24,19 @@
 //!   kernel's ROUTER keeps it with the routing identity, and the Jupyter message itself starts
 //!   at `<IDS|MSG>` either way, so [`protocol::wire::split`] reads it unchanged.
 //! - `ROUTING_ID` is honoured, so one client's shell and stdin share an identity here too.
+//! - `MAXMSGSIZE` bounds each frame (a header announcing more closes the connection before
+//!   its body is read), but `rzmq` keeps the parts of a multipart message until its last one
+//!   without a bound on their number, and under CURVE the MORE flag is encrypted, so no relay
+//!   could count them either (the clear-text sockets' [`super::relay`] does): a CurveZMQ
+//!   kernel can still make the gateway hold one message of many parts.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use protocol::frame_guard::FrameLimits;
 use protocol::z85::KEY_LEN;
 use rzmq::socket::options::{
-    CURVE_PUBLIC_KEY, CURVE_SECRET_KEY, CURVE_SERVER_KEY, LINGER, ROUTING_ID, SUBSCRIBE,
+    CURVE_PUBLIC_KEY, CURVE_SECRET_KEY, CURVE_SERVER_KEY, LINGER, MAXMSGSIZE, ROUTING_ID, SUBSCRIBE,
 };
 use rzmq::{Context, Msg, MsgFlags, SocketType};
 
@@ -94,11 +100,18 @@ impl CurveSocket {
         link: &CurveLink,
         endpoint: &str,
         identity: Option<&[u8]>,
+        limits: FrameLimits,
     ) -> Result<CurveSocket, ZmqError> {
         let socket = link.context.socket(kind)?;
         // Owned from here on: an error below closes it.
         let s = CurveSocket { socket };
         s.socket.set_option_raw(LINGER, &0i32.to_ne_bytes()).await?;
+        // rzmq's bound on one frame (each part of a message is one encrypted frame); the
+        // number of parts it keeps is not bounded (see the module notes).
+        let max = i64::try_from(limits.max_message_bytes).unwrap_or(i64::MAX);
+        s.socket
+            .set_option_raw(MAXMSGSIZE, &max.to_ne_bytes())
+            .await?;
         let (public, secret) = client_key_pair()?;
         s.socket
             .set_option_raw(CURVE_SERVER_KEY, &link.server_key)
@@ -123,15 +136,20 @@ impl CurveSocket {
         link: &CurveLink,
         endpoint: &str,
         identity: Option<&[u8]>,
+        limits: FrameLimits,
     ) -> Result<Arc<CurveSocket>, ZmqError> {
-        Self::connect(SocketType::Dealer, link, endpoint, identity)
+        Self::connect(SocketType::Dealer, link, endpoint, identity, limits)
             .await
             .map(Arc::new)
     }
 
     /// A SUB subscribed to everything; see [`super::subscriber`].
-    pub async fn subscriber(link: &CurveLink, endpoint: &str) -> Result<CurveSocket, ZmqError> {
-        Self::connect(SocketType::Sub, link, endpoint, None).await
+    pub async fn subscriber(
+        link: &CurveLink,
+        endpoint: &str,
+        limits: FrameLimits,
+    ) -> Result<CurveSocket, ZmqError> {
+        Self::connect(SocketType::Sub, link, endpoint, None, limits).await
     }
 
     /// Sends one multipart message.

@@ -333,6 +333,7 @@ mod tests {
                 generation: 1,
                 secret: None,
                 curve: None,
+                limits: crate::channels::frame_limits(1024),
             }),
             budget: Arc::new(KeptBudget::new(1024)),
         })

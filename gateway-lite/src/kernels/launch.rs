@@ -54,6 +54,8 @@ pub struct Launcher {
     pub port_range: PortRange,
     /// `--transport-encryption`.
     pub transport_encryption: TransportEncryption,
+    /// Bounds on what kernels may send (from `--max-message-bytes`).
+    pub frame_limits: protocol::frame_guard::FrameLimits,
 }
 
 /// What one launch is for.
@@ -172,6 +174,7 @@ impl Launcher {
                 launched.host.clone(),
                 job.generation,
                 secret,
+                self.frame_limits,
             )
         });
         let endpoints = match endpoints {
@@ -267,6 +270,7 @@ fn endpoints(
     host: String,
     generation: u64,
     secret: Option<String>,
+    limits: protocol::frame_guard::FrameLimits,
 ) -> Result<KernelEndpoints, KernelError> {
     let fail = |message: String| KernelError::Launch {
         kernel_id: id.to_owned(),
@@ -306,5 +310,6 @@ fn endpoints(
         generation,
         secret: secret.map(Into::into),
         curve,
+        limits,
     })
 }

@@ -231,6 +231,7 @@ pub(super) async fn restore(
         generation: record.generation,
         secret: record.launch_secret.clone().map(Into::into),
         curve,
+        limits: ctx.launcher.frame_limits,
     });
     let timeout = std::time::Duration::try_from_secs_f64(record.launch_timeout_secs)
         .unwrap_or(ctx.launcher.timeout);

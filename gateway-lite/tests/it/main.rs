@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway-lite binary, kernel-launcher and ipykernel, driven over
 //! REST and WebSocket as Jupyter clients drive them.
 
+mod bounds;
 mod capture;
 mod curve;
 mod deploy;
