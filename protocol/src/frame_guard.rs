@@ -1,16 +1,24 @@
-//! Limits on what a ZeroMQ peer may make us hold: a watcher of the ZMTP 3.x byte stream a
-//! kernel sends, which says "stop" as soon as a frame or a message would exceed its bounds.
+//! Limits on what a ZeroMQ peer may make us hold: a filter of the ZMTP 3.x byte stream a
+//! kernel sends, which drops every message over its bounds as it passes, before its bytes
+//! are kept anywhere.
 //!
 //! A kernel runs its user's code, so the bytes on its channels are attacker-controlled: code
 //! in a kernel can close ipykernel's sockets and bind its own listener on the same port, and
 //! a container kernel owns its whole network stack. The ZMTP decoders gateway-lite uses trust
 //! a frame's length field: `zeromq` reserves a buffer of the announced size before the bytes
 //! arrive (a long frame announcing 2^62 bytes fails that allocation, which aborts the whole
-//! process), and both it and `rzmq` keep every frame of a multipart message until the last
+//! process), and both it and `rzmq` keep every part of a multipart message until the last
 //! one, with no bound on their count or total size. [`FrameGuard`] reads the same stream
-//! first, byte-exactly and in O(1) state: it follows the greeting and each frame's header,
-//! skips bodies without keeping them, and reports a [`LimitError`] from the header of the
-//! first frame that breaks a [`FrameLimits`] bound, before its body has been read.
+//! first, in O(1) state, and writes what may pass:
+//!
+//! - a message whose parts stay within [`FrameLimits`] passes byte for byte;
+//! - a message that breaks them is dropped from the header of the part that breaks them: that
+//!   part and the rest of the message are skipped unread (nothing is buffered), and when some
+//!   of its parts had already passed, an empty last part is written in place of the rest, so
+//!   the decoder behind sees a complete (truncated) message, whose signature then fails, and
+//!   the stream stays in step. Each drop is reported with its [`LimitError`];
+//! - a command (the handshake's READY and the like, PING, PONG) larger than a message may be
+//!   is an error: no peer sends one, and the connection should be closed.
 //!
 //! Stream layout (ZeroMQ RFC 23, ZMTP 3.0; RFC 37, ZMTP 3.1, keeps it):
 //!
@@ -20,129 +28,140 @@
 //!            size (1 byte, or 8 bytes big-endian when LONG), body (size bytes)
 //! ```
 //!
-//! Commands (the handshake's READY, HELLO, WELCOME, INITIATE; PING and PONG; CurveZMQ's
-//! MESSAGE) are single frames: each must fit the message bound by itself. The parts of a
-//! clear-text multipart message are counted together until the part without MORE. Under
-//! CurveZMQ the MORE flag travels encrypted inside each MESSAGE command, so there each part is
-//! bounded, not their number: the guard sees no message boundaries it could count.
+//! The filter's output, filtered again with the same limits, passes unchanged (the truncating
+//! empty part counts within [`FrameLimits::max_parts`]). It follows clear-text streams only:
+//! under CurveZMQ each part travels as an encrypted MESSAGE command with its MORE flag inside.
 //!
 //! Interop: libzmq and JeroMQ set no reserved flag bits, but the RFC's "shall be zero" is not
-//! enforced here (the decoders behind the guard judge the protocol; the guard only bounds
-//! memory), and a short frame may carry the LONG flag. A peer speaking ZMTP 1.0 or 2.0 (a
-//! different greeting) is outside what the guard follows; no kernel in use sends it.
+//! enforced here (the decoder behind judges the protocol; the filter only bounds memory), and
+//! a short frame may carry the LONG flag. A peer speaking ZMTP 1.0 or 2.0 (a different
+//! greeting) is outside what the filter follows; no kernel in use sends it.
 
 use crate::zmtp::GREETING_LEN;
 
-/// Bounds on one peer's stream.
+/// Bounds on the messages of one peer's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameLimits {
-    /// Most bytes in one message: the sum of a multipart message's parts, and the size of
-    /// any single frame (a command or one CurveZMQ part).
+    /// Most bytes in one message (the sum of its parts' bodies), and in one command.
     pub max_message_bytes: u64,
-    /// Most parts in one multipart message.
+    /// Most parts in one message.
     pub max_parts: u64,
 }
 
-/// Why a stream was stopped.
+/// A message dropped, or a command refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
-    /// One frame announced more bytes than a message may have.
-    #[error("a ZMTP frame of {size} bytes exceeds the limit of {max} bytes per message")]
-    Frame {
-        /// The frame's announced size.
+    /// A command frame larger than a message may be (the connection should be closed).
+    #[error("a ZMTP command of {size} bytes exceeds the limit of {max} bytes")]
+    Command {
+        /// The command's announced size.
         size: u64,
         /// [`FrameLimits::max_message_bytes`].
         max: u64,
     },
-    /// The parts of a multipart message added up to more than a message may have.
-    #[error("a multipart message reached {size} bytes, over the limit of {max} bytes")]
-    Message {
-        /// The parts' sizes so far, including the one that broke the bound.
+    /// A message whose parts add up to more bytes than allowed (dropped).
+    #[error("a message of at least {size} bytes exceeds the limit of {max} bytes")]
+    Bytes {
+        /// Its parts' sizes up to and including the one that broke the bound.
         size: u64,
         /// [`FrameLimits::max_message_bytes`].
         max: u64,
     },
-    /// A multipart message has more parts than allowed.
-    #[error("a multipart message has more than {max} parts")]
+    /// A message with more parts than allowed (dropped).
+    #[error("a message of more than {max} parts exceeds the limit")]
     Parts {
         /// [`FrameLimits::max_parts`].
         max: u64,
     },
 }
 
-/// Where in the stream the guard is.
+/// Where in the stream the filter is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
     /// Inside the greeting; this many of its bytes are still to come.
     Greeting(usize),
     /// Before a frame's flags byte.
     Flags,
-    /// Inside a frame's size field.
-    Size {
-        /// The frame's flags.
-        flags: u8,
-        /// Bytes of the size field still to come.
-        left: u8,
-        /// The size read so far (big-endian, most significant first).
-        value: u64,
-    },
-    /// Inside a frame's body; this many bytes still to come.
-    Body(u64),
+    /// Inside a frame's size field: its flags, the bytes of the field still to come, and the
+    /// size read so far (big-endian).
+    Size { flags: u8, left: u8, value: u64 },
+    /// Inside a frame's body: bytes still to come, and whether they pass.
+    Body { left: u64, pass: bool },
 }
 
 const MORE: u8 = 0b001;
 const LONG: u8 = 0b010;
 const COMMAND: u8 = 0b100;
 
-/// Follows one direction of a ZMTP 3.x connection from its first byte. See the module notes.
+/// The empty last part written in place of a dropped message's rest.
+const TERMINATOR: [u8; 2] = [0, 0];
+
+/// Filters one direction of a ZMTP 3.x connection from its first byte. See the module notes.
 #[derive(Debug, Clone)]
 pub struct FrameGuard {
     limits: FrameLimits,
     place: Place,
-    /// Bytes of the open multipart message's parts so far.
+    /// Body bytes of the open message's parts that passed.
     message_bytes: u64,
-    /// Parts of the open multipart message so far.
+    /// Parts of the open message that passed.
     parts: u64,
-    /// Set once a bound was broken: the stream is not followed any further.
+    /// The open message is being dropped: its remaining parts are skipped.
+    dropping: bool,
+    /// The current frame's header, held until it is complete and judged.
+    header: [u8; 9],
+    header_len: usize,
+    /// Set once a command broke the bound: nothing more passes.
     broken: Option<LimitError>,
 }
 
 impl FrameGuard {
-    /// A guard at the start of a connection (before the peer's greeting).
+    /// A filter at the start of a connection (before the peer's greeting).
     pub fn new(limits: FrameLimits) -> Self {
         FrameGuard {
             limits,
             place: Place::Greeting(GREETING_LEN),
             message_bytes: 0,
             parts: 0,
+            dropping: false,
+            header: [0; 9],
+            header_len: 0,
             broken: None,
         }
     }
 
-    /// Reads the next bytes of the stream, in any chunking. `Err` from the first chunk that
-    /// shows a broken bound on (that chunk and everything after it must not be passed on).
-    pub fn check(&mut self, mut bytes: &[u8]) -> Result<(), LimitError> {
+    /// Reads the next bytes of the stream, in any chunking, and appends what may pass to
+    /// `out`. Each message dropped is reported to `dropped`. `Err` for a command over the
+    /// bound: the connection should be closed (what came before it is in `out`).
+    pub fn filter(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        dropped: &mut impl FnMut(LimitError),
+    ) -> Result<(), LimitError> {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        while !bytes.is_empty() {
-            match self.step(&mut bytes) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.broken = Some(e.clone());
-                    return Err(e);
-                }
+        while !input.is_empty() {
+            if let Err(e) = self.step(&mut input, out, dropped) {
+                self.broken = Some(e.clone());
+                return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Consumes what it can of `bytes` in the current place.
-    fn step(&mut self, bytes: &mut &[u8]) -> Result<(), LimitError> {
+    /// Consumes what it can of `input` in the current place.
+    fn step(
+        &mut self,
+        input: &mut &[u8],
+        out: &mut Vec<u8>,
+        dropped: &mut impl FnMut(LimitError),
+    ) -> Result<(), LimitError> {
         match self.place {
             Place::Greeting(left) => {
-                let n = left.min(bytes.len());
-                *bytes = &bytes[n..];
+                let n = left.min(input.len());
+                out.extend_from_slice(&input[..n]);
+                *input = &input[n..];
                 self.place = if n == left {
                     Place::Flags
                 } else {
@@ -150,8 +169,10 @@ impl FrameGuard {
                 };
             }
             Place::Flags => {
-                let flags = bytes[0];
-                *bytes = &bytes[1..];
+                let flags = input[0];
+                *input = &input[1..];
+                self.header[0] = flags;
+                self.header_len = 1;
                 self.place = Place::Size {
                     flags,
                     left: if flags & LONG != 0 { 8 } else { 1 },
@@ -159,65 +180,99 @@ impl FrameGuard {
                 };
             }
             Place::Size { flags, left, value } => {
-                let value = (value << 8) | u64::from(bytes[0]);
-                *bytes = &bytes[1..];
-                self.place = if left > 1 {
-                    Place::Size {
+                let byte = input[0];
+                *input = &input[1..];
+                // header_len <= 8 here: one flags byte and at most 8 size bytes.
+                self.header[self.header_len] = byte;
+                self.header_len += 1;
+                let value = (value << 8) | u64::from(byte);
+                if left > 1 {
+                    self.place = Place::Size {
                         flags,
                         left: left - 1,
                         value,
-                    }
+                    };
                 } else {
-                    self.header(flags, value)?;
-                    if value == 0 {
+                    let pass = self.judge(flags, value, out, dropped)?;
+                    if pass {
+                        out.extend_from_slice(&self.header[..self.header_len]);
+                    }
+                    self.place = if value == 0 {
                         Place::Flags
                     } else {
-                        Place::Body(value)
-                    }
-                };
+                        Place::Body { left: value, pass }
+                    };
+                }
             }
-            Place::Body(left) => {
-                let n = usize::try_from(left).map_or(bytes.len(), |l| l.min(bytes.len()));
-                *bytes = &bytes[n..];
+            Place::Body { left, pass } => {
+                let n = usize::try_from(left).map_or(input.len(), |l| l.min(input.len()));
+                if pass {
+                    out.extend_from_slice(&input[..n]);
+                }
+                *input = &input[n..];
                 // n <= left: it came from min(left, len).
                 let rest = left - n as u64;
                 self.place = if rest == 0 {
                     Place::Flags
                 } else {
-                    Place::Body(rest)
+                    Place::Body { left: rest, pass }
                 };
             }
         }
         Ok(())
     }
 
-    /// Judges a complete frame header: `flags` and the announced `size`.
-    fn header(&mut self, flags: u8, size: u64) -> Result<(), LimitError> {
+    /// Judges a complete frame header (`flags`, announced `size`): whether the frame passes.
+    fn judge(
+        &mut self,
+        flags: u8,
+        size: u64,
+        out: &mut Vec<u8>,
+        dropped: &mut impl FnMut(LimitError),
+    ) -> Result<bool, LimitError> {
         let max = self.limits.max_message_bytes;
-        if size > max {
-            return Err(LimitError::Frame { size, max });
-        }
         if flags & COMMAND != 0 {
-            return Ok(());
+            if size > max {
+                return Err(LimitError::Command { size, max });
+            }
+            return Ok(true);
+        }
+        let more = flags & MORE != 0;
+        if self.dropping {
+            self.dropping = more;
+            return Ok(false);
         }
         let total = self.message_bytes.saturating_add(size);
-        if total > max {
-            return Err(LimitError::Message { size: total, max });
-        }
-        let parts = self.parts.saturating_add(1);
-        if parts > self.limits.max_parts {
-            return Err(LimitError::Parts {
+        // The part this header opens is number parts + 1; with MORE set at least one more
+        // follows, and a truncated message needs room for its empty last part.
+        let needed = self.parts.saturating_add(1).saturating_add(u64::from(more));
+        let broken = if total > max {
+            Some(LimitError::Bytes { size: total, max })
+        } else if needed > self.limits.max_parts {
+            Some(LimitError::Parts {
                 max: self.limits.max_parts,
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(e) = broken {
+            if self.parts > 0 {
+                out.extend_from_slice(&TERMINATOR);
+            }
+            self.message_bytes = 0;
+            self.parts = 0;
+            self.dropping = more;
+            dropped(e);
+            return Ok(false);
         }
-        if flags & MORE != 0 {
+        if more {
             self.message_bytes = total;
-            self.parts = parts;
+            self.parts += 1;
         } else {
             self.message_bytes = 0;
             self.parts = 0;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -249,88 +304,124 @@ mod tests {
         crate::zmtp::greeting(&crate::zmtp::Mechanism::Null, false).to_vec()
     }
 
+    fn ready() -> Vec<u8> {
+        frame(COMMAND, b"\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER")
+    }
+
     /// A greeting, READY, then `frames`.
     fn stream(frames: &[Vec<u8>]) -> Vec<u8> {
         let mut s = greeting();
-        s.extend(frame(
-            COMMAND,
-            b"\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER",
-        ));
+        s.extend(ready());
         for f in frames {
             s.extend_from_slice(f);
         }
         s
     }
 
-    /// A Jupyter message of `n` parts, `each` bytes per part.
+    /// A message of `n` parts, `each` bytes per part.
     fn message(n: usize, each: usize) -> Vec<Vec<u8>> {
         (0..n)
             .map(|i| frame(if i + 1 < n { MORE } else { 0 }, &vec![b'x'; each]))
             .collect()
     }
 
+    /// Filters `input` whole: what passed, the drops, and the verdict.
+    fn run(input: &[u8]) -> (Vec<u8>, Vec<LimitError>, Result<(), LimitError>) {
+        let mut out = Vec::new();
+        let mut drops = Vec::new();
+        let r = FrameGuard::new(LIMITS).filter(input, &mut out, &mut |e| drops.push(e));
+        (out, drops, r)
+    }
+
     #[test]
-    fn messages_within_bounds_pass() {
+    fn messages_within_bounds_pass_unchanged() {
         let mut frames = message(4, 250);
         frames.extend(message(1, 1000));
         frames.extend(message(3, 0));
         frames.push(frame(COMMAND, &[0; 1000]));
-        let mut g = FrameGuard::new(LIMITS);
-        assert_eq!(g.check(&stream(&frames)), Ok(()));
-        assert_eq!(g.place, Place::Flags);
+        let s = stream(&frames);
+        let (out, drops, r) = run(&s);
+        assert_eq!((out, drops, r), (s, vec![], Ok(())));
     }
 
     #[test]
-    fn a_huge_announced_frame_is_stopped_at_its_header() {
+    fn a_huge_announced_frame_is_dropped_at_its_header_and_the_stream_goes_on() {
         let mut s = stream(&[]);
         s.push(LONG);
         s.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        s.extend_from_slice(&[7; 5000]);
         let mut g = FrameGuard::new(LIMITS);
+        let mut out = Vec::new();
+        let mut drops = Vec::new();
+        g.filter(&s, &mut out, &mut |e| drops.push(e)).unwrap();
+        assert_eq!(out, stream(&[]), "nothing of the frame passes");
         assert_eq!(
-            g.check(&s),
-            Err(LimitError::Frame {
+            drops,
+            vec![LimitError::Bytes {
                 size: 1 << 62,
                 max: 1000
-            })
+            }]
         );
-        // And stays stopped.
-        assert!(g.check(b"more").is_err());
+        assert!(matches!(g.place, Place::Body { pass: false, .. }));
     }
 
     #[test]
-    fn a_multipart_message_is_bounded_in_bytes_and_parts() {
-        let mut g = FrameGuard::new(LIMITS);
+    fn an_oversized_part_truncates_its_message_and_the_next_one_passes() {
+        // Two parts pass (800 bytes), the third would make 1200: dropped from there, with an
+        // empty last part in its place; the fourth part is skipped too.
+        let mut frames = message(4, 400);
+        let next = message(2, 10);
+        frames.extend(next.clone());
+        let (out, drops, r) = run(&stream(&frames));
+        assert_eq!(r, Ok(()));
         assert_eq!(
-            g.check(&stream(&message(3, 400))),
-            Err(LimitError::Message {
+            drops,
+            vec![LimitError::Bytes {
                 size: 1200,
+                max: 1000
+            }]
+        );
+        let mut want = stream(&frames[..2]);
+        want.extend_from_slice(&TERMINATOR);
+        for f in &next {
+            want.extend_from_slice(f);
+        }
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn too_many_parts_truncate_within_the_part_limit() {
+        let (out, drops, _) = run(&stream(&message(6, 1)));
+        assert_eq!(drops, vec![LimitError::Parts { max: 4 }]);
+        // Three parts with MORE pass, then the empty last part: four in all.
+        let mut want = stream(&message(6, 1)[..3]);
+        want.extend_from_slice(&TERMINATOR);
+        assert_eq!(out, want);
+        // Four parts exactly pass.
+        let s = stream(&message(4, 1));
+        assert_eq!(run(&s).0, s);
+    }
+
+    #[test]
+    fn a_single_oversized_part_leaves_no_trace() {
+        let mut frames = message(1, 1001);
+        frames.extend(message(1, 3));
+        let (out, drops, _) = run(&stream(&frames));
+        assert_eq!(drops.len(), 1);
+        assert_eq!(out, stream(&frames[1..]));
+    }
+
+    #[test]
+    fn an_oversized_command_is_an_error() {
+        let (out, _, r) = run(&stream(&[frame(COMMAND, &[0; 1001])]));
+        assert_eq!(
+            r,
+            Err(LimitError::Command {
+                size: 1001,
                 max: 1000
             })
         );
-        let mut g = FrameGuard::new(LIMITS);
-        assert_eq!(
-            g.check(&stream(&message(5, 0))),
-            Err(LimitError::Parts { max: 4 })
-        );
-        // Commands in between neither count nor reset the open message.
-        let mut frames = message(2, 400);
-        frames.insert(1, frame(COMMAND, b"\x04PING\x00\x00"));
-        frames[2] = frame(MORE, &[0; 400]);
-        frames.push(frame(0, &[0; 300]));
-        let mut g = FrameGuard::new(LIMITS);
-        assert!(matches!(
-            g.check(&stream(&frames)),
-            Err(LimitError::Message { size: 1100, .. })
-        ));
-    }
-
-    #[test]
-    fn a_command_is_bounded_alone() {
-        let mut g = FrameGuard::new(LIMITS);
-        assert!(matches!(
-            g.check(&stream(&[frame(COMMAND, &[0; 1001])])),
-            Err(LimitError::Frame { size: 1001, .. })
-        ));
+        assert_eq!(out, stream(&[]));
     }
 
     #[test]
@@ -340,46 +431,49 @@ mod tests {
         s.extend_from_slice(&3u64.to_be_bytes());
         s.extend_from_slice(b"abc");
         s.extend(frame(0, b"def"));
+        assert_eq!(run(&s).0, s);
+    }
+
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<LimitError>, Result<(), LimitError>) {
         let mut g = FrameGuard::new(LIMITS);
-        assert_eq!(g.check(&s), Ok(()));
-        assert_eq!(g.place, Place::Flags);
+        let mut out = Vec::new();
+        let mut drops = Vec::new();
+        let mut at = 0;
+        let mut verdict = Ok(());
+        for &c in cuts.iter().chain([bytes.len()].iter()) {
+            verdict = g.filter(&bytes[at..c], &mut out, &mut |e| drops.push(e));
+            at = c;
+            if verdict.is_err() {
+                break;
+            }
+        }
+        (out, drops, verdict)
     }
 
     proptest! {
-        /// Any chunking of any bytes gives the verdict of the whole, and never panics.
+        /// Any chunking of any bytes gives the output, drops and verdict of the whole.
         #[test]
         fn chunking_does_not_matter(
             bytes in proptest::collection::vec(any::<u8>(), 0..400),
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
         ) {
-            let whole = FrameGuard::new(LIMITS).check(&bytes);
-            let mut g = FrameGuard::new(LIMITS);
-            let mut at = 0;
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
             cuts.sort_unstable();
-            let mut verdict = Ok(());
-            for c in cuts.into_iter().chain([bytes.len()]) {
-                verdict = g.check(&bytes[at..c]);
-                at = c;
-                if verdict.is_err() {
-                    break;
-                }
-            }
-            prop_assert_eq!(verdict, whole);
+            prop_assert_eq!(chunked(&bytes, &cuts), run(&bytes));
         }
 
-        /// Well-formed streams of messages within the bounds always pass, in any chunking.
+        /// What passed passes again unchanged, with nothing dropped.
         #[test]
-        fn well_formed_streams_pass(
-            sizes in proptest::collection::vec((1usize..=4, 0usize..=250), 0..6),
-            chunk in 1usize..97,
+        fn output_is_within_bounds(
+            sizes in proptest::collection::vec((1usize..=7, 0usize..=400), 0..6),
         ) {
             let frames: Vec<Vec<u8>> = sizes.iter().flat_map(|&(n, each)| message(n, each)).collect();
-            let s = stream(&frames);
-            let mut g = FrameGuard::new(LIMITS);
-            for c in s.chunks(chunk) {
-                prop_assert_eq!(g.check(c), Ok(()));
-            }
+            let (out, _, r) = run(&stream(&frames));
+            prop_assert_eq!(r, Ok(()));
+            let (again, drops, r) = run(&out);
+            prop_assert_eq!(r, Ok(()));
+            prop_assert!(drops.is_empty());
+            prop_assert_eq!(again, out);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! A byte relay between one clear-text ZeroMQ socket and its kernel, which stops a kernel from
-//! making the gateway hold more than one bounded message.
+//! A byte relay between one clear-text ZeroMQ socket and its kernel, which keeps a kernel
+//! from making the gateway hold a message over its bounds.
 //!
 //! The `zeromq` crate decodes whatever a peer sends: it reserves a buffer of a frame's
 //! announced size before the bytes come (a header announcing 2^62 bytes aborts the process on
@@ -9,10 +9,12 @@
 //! the gateway of everybody. The crate has no option to bound either, so the socket does not
 //! talk to the kernel directly: it connects to a Unix socket of this relay, in a directory only
 //! the gateway's user can enter, and the relay carries the bytes to and from the kernel's TCP
-//! port. What the kernel sends passes a [`FrameGuard`] first; the first frame header that
-//! breaks the bounds closes both connections before its body is read, and the socket
-//! reconnects as it would after any broken connection. What the gateway sends passes
-//! unchanged.
+//! port. What the kernel sends passes a [`FrameGuard`], which drops each message over the
+//! bounds from the header of the part that breaks them, without reading its body into memory,
+//! and keeps the stream in step (see [`protocol::frame_guard`]); the rest passes byte for byte.
+//! A dropped message that had parts pass already reaches the socket truncated and fails its
+//! signature there. What the gateway sends passes unchanged. Only a command over the bounds
+//! (no kernel sends one) closes the connection.
 //!
 //! Interop: the socket's own connect retries only while its connection is refused, and the
 //! relay always accepts; so the relay retries the kernel's port (every 20 ms, up to the
@@ -20,8 +22,8 @@
 //! is waited for as before. The relay costs one local hop each way (see the README's
 //! channel-latency figures).
 //!
-//! CurveZMQ sockets (`rzmq`) do not pass through it: their frames are encrypted end to end and
-//! `rzmq` has a per-frame bound of its own (`MAXMSGSIZE`), set from the same limits.
+//! CurveZMQ sockets (`rzmq`) do not pass through it: their parts are encrypted end to end, and
+//! `rzmq` bounds each part itself (`MAXMSGSIZE`), set from the same limits.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -169,23 +171,40 @@ async fn pump(
     let inbound = async {
         let mut guard = FrameGuard::new(limits);
         let mut buf = vec![0u8; BUFFER];
+        let mut out = Vec::with_capacity(BUFFER);
+        let mut drops = 0u64;
         loop {
             let n = remote_rx.read(&mut buf).await?;
             if n == 0 {
-                return Ok::<(), std::io::Error>(());
+                return Ok::<u64, std::io::Error>(drops);
             }
+            out.clear();
             guard
-                .check(&buf[..n])
+                .filter(&buf[..n], &mut out, &mut |e| {
+                    drops += 1;
+                    // The first drop of a connection is a warning; a kernel sending many
+                    // cannot fill the log with them.
+                    if drops == 1 {
+                        tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, "dropped a message from the kernel: {e} (twice --max-message-bytes)");
+                    } else {
+                        tracing::debug!(channel = channel.as_str(), "dropped a message from the kernel: {e}");
+                    }
+                })
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            local_tx.write_all(&buf[..n]).await?;
+            local_tx.write_all(&out).await?;
         }
     };
     tokio::select! {
         _ = outbound => {}
-        r = inbound => if let Err(e) = r
-            && e.kind() == std::io::ErrorKind::InvalidData
-        {
-            tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, "the kernel broke the message bounds ({e}); its connection is closed and the socket reconnects");
+        r = inbound => match r {
+            Ok(drops) if drops > 1 => {
+                tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, drops, "messages dropped from the kernel on this connection");
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, "the kernel broke the protocol's bounds ({e}); its connection is closed and the socket reconnects");
+            }
+            Err(_) => {}
         },
     }
 }
@@ -242,24 +261,58 @@ mod tests {
         assert_eq!(n, 0);
     }
 
-    #[tokio::test]
-    async fn a_kernel_announcing_a_huge_frame_is_cut_off_before_its_body() {
+    /// A relay to a fresh kernel-side listener: (relay, socket side, kernel side).
+    async fn connected() -> (Relay, UnixStream, tokio::net::TcpStream) {
         let kernel = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = ("127.0.0.1".to_owned(), kernel.local_addr().unwrap().port());
         let relay = Relay::start(target, LIMITS, Duration::from_secs(5), Channel::Iopub).unwrap();
-        let mut local = UnixStream::connect(path_of(&relay)).await.unwrap();
-        let (mut remote, _) = kernel.accept().await.unwrap();
-        let mut evil = protocol::zmtp::greeting(&protocol::zmtp::Mechanism::Null, false).to_vec();
-        evil.push(0b010);
-        evil.extend_from_slice(&(1u64 << 62).to_be_bytes());
-        remote.write_all(&evil).await.unwrap();
+        let local = UnixStream::connect(path_of(&relay)).await.unwrap();
+        let (remote, _) = kernel.accept().await.unwrap();
+        (relay, local, remote)
+    }
+
+    fn greeting() -> Vec<u8> {
+        protocol::zmtp::greeting(&protocol::zmtp::Mechanism::Null, false).to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_bounds_is_dropped_and_the_next_passes() {
+        let (_relay, mut local, mut remote) = connected().await;
+        let mut from_kernel = greeting();
+        // 2000 bytes in one part (limit 1000), then a 3-byte message.
+        from_kernel.push(0b010);
+        from_kernel.extend_from_slice(&2000u64.to_be_bytes());
+        from_kernel.extend_from_slice(&[b'x'; 2000]);
+        from_kernel.extend_from_slice(&[0, 3, b'a', b'b', b'c']);
+        remote.write_all(&from_kernel).await.unwrap();
+        let mut want = greeting();
+        want.extend_from_slice(&[0, 3, b'a', b'b', b'c']);
+        let mut got = vec![0u8; want.len()];
+        local.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, want);
+        // A header announcing 2^62 bytes: dropped, nothing of it arrives, the line stays up.
+        let mut huge = vec![0b010];
+        huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        huge.extend_from_slice(&[0u8; 4096]);
+        remote.write_all(&huge).await.unwrap();
+        let mut b = [0u8; 1];
+        let quiet = tokio::time::timeout(Duration::from_millis(300), local.read(&mut b)).await;
+        assert!(quiet.is_err(), "nothing passes: {quiet:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_command_closes_the_connection() {
+        let (_relay, mut local, mut remote) = connected().await;
+        let mut from_kernel = greeting();
+        from_kernel.push(0b110);
+        from_kernel.extend_from_slice(&5000u64.to_be_bytes());
+        remote.write_all(&from_kernel).await.unwrap();
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), local.read_to_end(&mut got))
             .await
             .expect("the relay closes the socket's connection")
             .unwrap();
-        // The frame header did not go through (nor the greeting, when both came in one read:
-        // a chunk that breaks the bounds is not passed on at all).
+        // The greeting may have passed (when it came in a read of its own); the command not.
         assert!(got.len() <= protocol::zmtp::GREETING_LEN, "{}", got.len());
     }
 

@@ -3,9 +3,10 @@
 //! The "kernel" here is an attacker's: a program started through kernel-launcher like any
 //! kernel, which binds the ports of its connection file and answers every ZeroMQ connection
 //! with a ZMTP greeting, READY, and then a frame header announcing 2^62 bytes (or a message of
-//! endless small parts). Code in a real kernel can do the same by closing ipykernel's sockets
+//! 20000 small parts). Code in a real kernel can do the same by closing ipykernel's sockets
 //! and binding their ports. The `zeromq` crate would reserve the announced size and abort the
-//! gateway; the relay in front of each clear-text socket stops the stream at that header.
+//! gateway (checked: "memory allocation of 4611686018427453543 bytes failed" without the
+//! relay); the relay in front of each clear-text socket drops the message at that header.
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use serde_json::json;
 use crate::support::{Gateway, Options, python};
 
 /// The attacker's kernel (Python standard library only). `mode` is `huge` (one frame
-/// announcing 2^62 bytes) or `parts` (a message of endless 1-byte parts).
+/// announcing 2^62 bytes) or `parts` (a message of 20000 1-byte parts, never ended).
 const EVIL: &str = r#"
 import json, socket, struct, sys, threading, time
 info = json.load(open(sys.argv[2]))
@@ -27,10 +28,9 @@ def serve(conn):
         conn.sendall(greeting + ready)
         if mode == "huge":
             conn.sendall(b"\x02" + struct.pack(">Q", 1 << 62) + b"\0" * 4096)
-            time.sleep(600)
         else:
-            while True:
-                conn.sendall(b"\x01\x01x" * 4096)
+            conn.sendall(b"\x01\x01x" * 20000)
+        time.sleep(600)
     except OSError:
         pass
 def listen(port):
@@ -73,30 +73,29 @@ async fn a_kernel_breaking_the_message_bounds_leaves_the_gateway_serving() {
         dir: Some(dir),
         ..Options::default()
     });
-    for mode in ["huge", "parts"] {
+    let cases = [
+        // The huge frame is named with the limit (twice --max-message-bytes).
+        (
+            "huge",
+            "a message of at least 4611686018427387904 bytes exceeds the limit of 2097152 bytes",
+        ),
+        (
+            "parts",
+            "a message of more than 10000 parts exceeds the limit",
+        ),
+    ];
+    for (mode, dropped) in cases {
         let id = gw.start_kernel(&format!("evil_{mode}")).await;
         // A client connecting makes the gateway open all four sockets to it; the monitor
         // has its iopub socket already. Whether the client gets a bridge does not matter
         // here (the kernel never answers); the gateway must not fall over.
         let _ = gw.try_connect(&id, true).await;
-        gw.wait_log("the kernel broke the message bounds").await;
+        gw.wait_log(dropped).await;
         let (status, _) = gw.json("GET", &format!("/api/kernels/{id}"), None).await;
         assert_eq!(status, 200, "{}", gw.log());
         let (status, _, body) = gw.http("DELETE", &format!("/api/kernels/{id}"), None).await;
         assert_eq!(status, 204, "{body}");
     }
-    assert!(
-        gw.log()
-            .contains("exceeds the limit of 2097152 bytes per message"),
-        "the huge frame is named with the limit (twice --max-message-bytes): {}",
-        gw.log()
-    );
-    assert!(
-        gw.log().contains("over the limit of 2097152 bytes")
-            || gw.log().contains("has more than 10000 parts"),
-        "the endless message is stopped: {}",
-        gw.log()
-    );
     // And it still serves real kernels.
     let id = gw.start_kernel("py").await;
     let mut c = gw.connect(&id, true).await;
