@@ -257,7 +257,8 @@ pub(super) struct Args {
         default_value = "auto"
     )]
     pub(super) transport_encryption: String,
-    /// Largest WebSocket message accepted from a client, in bytes.
+    /// Largest message accepted from a client (WebSocket) or passed on from a kernel, in
+    /// bytes. Kernel messages over twice this are dropped as they arrive.
     #[arg(long, env = "GATEWAY_LITE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub(super) max_message_bytes: usize,
     /// Directory where running kernels are recorded, so a restarted gateway re-attaches to
