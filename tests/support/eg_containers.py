@@ -221,8 +221,10 @@ def spec_name(image_name: str) -> str:
 
 def kernel_containers(client: docker.DockerClient, kernel_id: str) -> list:
     """Containers (any state) labelled with the kernel's id, as EG's launch_docker.py labels them
-    (and as the swarm labels a service's task containers)."""
-    return client.containers.list(all=True, filters={"label": f"kernel_id={kernel_id}"})
+    (and as the swarm labels a service's task containers). The Docker SDK lists ids, then
+    inspects each: one removed in between (a Swarm task's container, a kernel shutting down) is
+    left out rather than raising NotFound."""
+    return client.containers.list(all=True, filters={"label": f"kernel_id={kernel_id}"}, ignore_removed=True)
 
 
 def kernel_services(client: docker.DockerClient, kernel_id: str) -> list:
@@ -429,7 +431,11 @@ def check_prohibited_uid(rest, client: docker.DockerClient, spec: str) -> None:
 
 def eg_resources(client: docker.DockerClient) -> set[str]:
     """Ids of every container and swarm service carrying EG's app=enterprise-gateway label."""
-    found = {c.id for c in client.containers.list(all=True, filters={"label": "app=enterprise-gateway"})}
+    # ignore_removed: see kernel_containers (CI once saw NotFound for a task's container here).
+    found = {
+        c.id
+        for c in client.containers.list(all=True, filters={"label": "app=enterprise-gateway"}, ignore_removed=True)
+    }
     if swarm_active(client):
         found |= {s.id for s in client.services.list(filters={"label": "app=enterprise-gateway"})}
     return found
