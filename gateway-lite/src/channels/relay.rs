@@ -202,7 +202,7 @@ async fn pump(
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, "the kernel broke the protocol's bounds ({e}); its connection is closed and the socket reconnects");
+                tracing::warn!(channel = channel.as_str(), host = %target.0, port = target.1, "the kernel broke the protocol's bounds ({e}); its connection is closed");
             }
             Err(_) => {}
         },
