@@ -111,7 +111,8 @@ fn scala_kernel_image_adds_in_scala_and_counts_with_spark() {
         &image,
         &[
             "1 + 1",
-            "INTERRUPT:Thread.sleep(300000)",
+            // 50 minutes: only the interrupt can end it within the client's 600 s wait.
+            "INTERRUPT:Thread.sleep(3000000)",
             "spark.range(10).count()",
             "spark.range(10).count()",
         ],
@@ -120,15 +121,18 @@ fn scala_kernel_image_adds_in_scala_and_counts_with_spark() {
     // After an interrupt Toree's REPL prints its `lastException = null` binding into the
     // next cell's output, and now and then that binding is all the cell answers (its value is
     // dropped). The count is therefore asked twice; the last line is the second answer.
+    // The interrupted cell reports java.lang.InterruptedException, or nothing at all when the
+    // interrupt reached Toree while it was still compiling the cell (seen once in CI on a
+    // loaded machine); either way the cell ended, which its 50-minute sleep could not have.
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        (lines.first(), lines.get(1), lines.last()),
-        (
-            Some(&"2"),
-            Some(&"java.lang.InterruptedException"),
-            Some(&"10")
-        ),
+        (lines.first(), lines.last()),
+        (Some(&"2"), Some(&"10")),
         "Toree answered {out:?}"
+    );
+    assert!(
+        matches!(lines.get(1), Some(&"java.lang.InterruptedException" | &"")),
+        "the interrupted cell: Toree answered {out:?}"
     );
 }
 
