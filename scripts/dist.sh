@@ -71,8 +71,11 @@ if [ "$images" = 1 ]; then
     install -m 0755 "$bin/kernel-launcher" "$ctx/kernel-launcher"
     docker build -q -t "kernel-launcher:$version" -f images/kernel-launcher/Dockerfile "$ctx" >&2
     ctx="$stage/gateway-image"
-    mkdir -p "$ctx/state" "$ctx/tmp"
-    chmod 1777 "$ctx/tmp"
+    mkdir -p "$ctx/state" "$ctx/root/tmp"
+    # /tmp as a tar entry: COPY makes the directory root-owned 0755 (the legacy builder), ADD
+    # of a tar keeps its mode, 1777, so any uid the image is run as can use it.
+    chmod 1777 "$ctx/root/tmp"
+    tar --numeric-owner --owner=0 --group=0 --mtime=@0 -C "$ctx/root" -cf "$ctx/tmp.tar" tmp
     install -m 0755 "$bin/kernel-launcher" "$bin/gateway-lite" "$ctx/"
     printf 'root:x:0:0:root:/:/sbin/nologin\ngateway-lite:x:65532:65532:gateway-lite:/var/lib/gateway-lite:/sbin/nologin\n' >"$ctx/passwd"
     printf 'root:x:0:\ngateway-lite:x:65532:\n' >"$ctx/group"

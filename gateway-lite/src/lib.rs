@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     raise_open_files_limit();
+    channels::relay::check_temp_dir()?;
     let state = state::open_configured(config.state_dir.as_deref(), config.state_dir_source)?;
     let state_dir = state.as_ref().map(|s| s.dir().to_owned());
     let tasks = Tasks::new();

@@ -89,6 +89,32 @@ impl Drop for Relay {
     }
 }
 
+/// Checks at start-up that relays can be made: a private directory in the temporary
+/// directory, and a Unix socket in it. A gateway that cannot would start, then fail every
+/// kernel's connection; the error names the directory and the fix.
+pub fn check_temp_dir() -> Result<(), TempDirError> {
+    let fail = |source| TempDirError {
+        dir: std::env::temp_dir(),
+        source,
+    };
+    let dir = private_dir().map_err(fail)?;
+    let bound = std::os::unix::net::UnixListener::bind(dir.join("s"));
+    let _ = std::fs::remove_dir_all(&dir);
+    bound.map(drop).map_err(fail)
+}
+
+/// The temporary directory cannot hold relays.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the temporary directory {} cannot hold the Unix sockets of kernel relays ({source}); set \
+     TMPDIR to a directory gateway-lite's user can write (its container images have a \
+     world-writable /tmp)", .dir.display()
+)]
+pub struct TempDirError {
+    dir: PathBuf,
+    source: std::io::Error,
+}
+
 /// A fresh directory only this user can enter (mode 0700), under the temporary directory.
 fn private_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;

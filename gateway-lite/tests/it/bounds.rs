@@ -102,3 +102,26 @@ async fn a_kernel_breaking_the_message_bounds_leaves_the_gateway_serving() {
     let out = c.execute("print(6 * 7)").await;
     assert_eq!((out.status.as_str(), out.text.trim()), ("ok", "42"));
 }
+
+/// The relays need a temporary directory that takes Unix sockets: a gateway without one
+/// stops at start-up (exit 1) naming TMPDIR, rather than failing every kernel's connection.
+#[test]
+fn a_temporary_directory_without_room_for_relays_stops_the_start() {
+    let not_a_dir = std::env::temp_dir().join(format!("gl-it-tmpfile-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&not_a_dir, b"a file, not a directory").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-lite"))
+        .args(["--ip", "127.0.0.1", "--port", "0", "--launcher"])
+        .arg(crate::support::launcher())
+        .env("TMPDIR", &not_a_dir)
+        .env_remove("GATEWAY_LITE_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&not_a_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot hold the Unix sockets of kernel relays")
+            && stderr.contains("set TMPDIR"),
+        "{stderr}"
+    );
+}
