@@ -36,7 +36,8 @@ use tokio::task::JoinSet;
 
 /// How often the kernel's port is tried while it refuses connections.
 const RETRY: Duration = Duration::from_millis(20);
-/// Read buffer per direction and connection.
+/// Most bytes one read takes, each way (the filtered copy of a kernel-side read is at most this
+/// plus a few bytes); larger messages take more reads.
 const BUFFER: usize = 64 * 1024;
 
 /// One running relay: a Unix socket for one ZeroMQ socket, carried to one kernel port. Ends
@@ -193,20 +194,32 @@ async fn pump(
     let _ = remote.set_nodelay(true);
     let (mut local_rx, mut local_tx) = local.into_split();
     let (mut remote_rx, mut remote_tx) = remote.into_split();
-    let outbound = tokio::io::copy(&mut local_rx, &mut remote_tx);
+    // Buffers are reserved, not zeroed, and read into with `read_buf`: only the bytes a read
+    // has written become resident, so a socket that only ever carries small messages costs a
+    // page or two, not the whole buffer.
+    let outbound = async {
+        let mut buf = Vec::with_capacity(BUFFER);
+        loop {
+            buf.clear();
+            if local_rx.read_buf(&mut buf).await? == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            remote_tx.write_all(&buf).await?;
+        }
+    };
     let inbound = async {
         let mut guard = FrameGuard::new(limits);
-        let mut buf = vec![0u8; BUFFER];
+        let mut buf = Vec::with_capacity(BUFFER);
         let mut out = Vec::with_capacity(BUFFER);
         let mut drops = 0u64;
         loop {
-            let n = remote_rx.read(&mut buf).await?;
-            if n == 0 {
+            buf.clear();
+            if remote_rx.read_buf(&mut buf).await? == 0 {
                 return Ok::<u64, std::io::Error>(drops);
             }
             out.clear();
             guard
-                .filter(&buf[..n], &mut out, &mut |e| {
+                .filter(&buf, &mut out, &mut |e| {
                     drops += 1;
                     // The first drop of a connection is a warning; a kernel sending many
                     // cannot fill the log with them.
